@@ -1,0 +1,10 @@
+"""lrlab: train image classifiers and find out, with evidence, which learning-rate schedule to use."""
+
+__version__ = "0.1.0"
+
+from lrlab.config import RunConfig, load_config  # noqa: E402
+from lrlab.engine import RunResult, Trainer, train  # noqa: E402
+from lrlab.errors import UsageError  # noqa: E402
+from lrlab.schedules import build_schedule, parse_schedule  # noqa: E402
+
+__all__ = ["RunConfig", "RunResult", "Trainer", "UsageError", "build_schedule", "load_config", "parse_schedule", "train"]

@@ -1,0 +1,140 @@
+"""What a run is: one dataclass, loaded from YAML or the command line, checked with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lrlab.data.loader import AUGMENTATIONS
+from lrlab.errors import UsageError
+from lrlab.specs import suggestion
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Fields that change how a run is carried out, not what it computes; a resume may change them.
+RUNTIME_ONLY = ("device", "quiet", "tensorboard", "data_dir", "out")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to repeat one training run."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "cnn"
+    width: int | None = None
+    optimizer: str = "sgd:lr=0.05,momentum=0.9,weight_decay=5e-4"
+    schedule: str = "constant"
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    seed: int = 0
+    augment: str = "none"
+    label_smoothing: float = 0.0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    image_size: int | None = None
+    val_fraction: float = 0.1
+    strict: bool = False
+    precision: str = "auto"
+    channels_last: bool | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    out: str = "runs/run"
+    tensorboard: bool = False
+    quiet: bool = False
+
+    def validate(self) -> "RunConfig":
+        """Check types, ranges and every spec; return self so calls chain."""
+        hints = typing.get_type_hints(RunConfig)
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not _fits(value, hints[field.name]):
+                raise UsageError(f"{field.name}: {value!r} should be {_type_name(hints[field.name])}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        for name in ("limit_train", "limit_test", "image_size", "width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        if self.seed < 0:
+            raise UsageError(f"seed must be zero or positive, got {self.seed}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name, allowed in (("augment", AUGMENTATIONS), ("device", DEVICES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        from lrlab.optimizers import parse_optimizer
+        from lrlab.schedules import parse_schedule
+
+        parse_optimizer(self.optimizer)
+        parse_schedule(self.schedule)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def differences(self, other: "RunConfig", ignore: tuple[str, ...] = RUNTIME_ONLY) -> list[str]:
+        """Names of fields whose values differ, runtime-only fields aside."""
+        return [f.name for f in fields(self) if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option in (bool, str) and isinstance(value, option):
+            return True
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    options = typing.get_args(hint) or (hint,)
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "empty"}
+    return " or ".join(names.get(o, str(o)) for o in options)
+
+
+def config_from_dict(values: dict[str, Any], where: str) -> RunConfig:
+    """A RunConfig from a mapping; unknown keys are refused with the closest known one suggested."""
+    known = [f.name for f in fields(RunConfig)]
+    values = {k: v for k, v in values.items() if k != "versions"}
+    for key in values:
+        if key not in known:
+            raise UsageError(f"{where}: unknown key {key!r}{suggestion(key, known)}")
+    config = RunConfig(**values)
+    try:
+        return config.validate()
+    except UsageError as error:
+        raise UsageError(f"{where}: {error}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a run's YAML file (as written into every run directory, or by hand)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UsageError(f"cannot read config {path}: {error.strerror}") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} should hold key: value lines, e.g. 'schedule: step:step_size=5'")
+    return config_from_dict(values, str(path))
+
+
+def config_yaml(config: RunConfig, versions: dict[str, str]) -> str:
+    """The YAML written to a run directory: the config, then the versions that produced it."""
+    return yaml.safe_dump({**config.to_dict(), "versions": versions}, sort_keys=False)

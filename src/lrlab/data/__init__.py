@@ -1,0 +1,64 @@
+"""Data sources behind one registry; each returns an in-memory `ImageData`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from lrlab.data import cifar, digits, folder, idx, synthetic
+from lrlab.data.base import ImageData, cache_dir
+from lrlab.data.loader import BatchLoader
+from lrlab.errors import UsageError
+from lrlab.specs import suggestion
+
+NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic", "folder:PATH")
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    val_fraction: float = 0.1,
+    strict: bool = False,
+) -> ImageData:
+    """Load data set `name` (see NAMES) into memory, resized to `image_size` when one is given."""
+    if name.startswith("folder:"):
+        return folder.load(name.partition(":")[2], image_size, val_fraction, strict)
+    if name in idx.SOURCES:
+        data = idx.load(name, data_dir)
+    elif name in cifar.SOURCES:
+        data = cifar.load(name, data_dir)
+    elif name == "digits":
+        data = digits.load()
+    elif name == "synthetic":
+        data = synthetic.load()
+    else:
+        raise UsageError(f"unknown data set {name!r}{suggestion(name, NAMES)}; known: {', '.join(NAMES)}")
+    if image_size and data.image_size != (image_size, image_size):
+        data.train_images, data.test_images = _resize(data.train_images, image_size), _resize(data.test_images, image_size)
+    return data
+
+
+def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """(name, where it is or how to get it) for every built-in source, without loading any."""
+    rows = []
+    for name in idx.SOURCES:
+        found = idx.locate(name, data_dir)
+        rows.append((name, str(found[0].parent) if found else f"not found; downloads to {cache_dir(name)}"))
+    for name in cifar.SOURCES:
+        found = cifar.locate(name, data_dir)
+        rows.append((name, str(found) if found else f"not found; downloads to {cache_dir(name)}"))
+    rows.append(("digits", "embedded in scikit-learn (always available)"))
+    rows.append(("synthetic", "generated (always available)"))
+    rows.append(("folder:PATH", "your images: PATH/train/<class>/*, PATH/test/<class>/*, or PATH/<class>/*"))
+    return rows
+
+
+__all__ = ["ImageData", "BatchLoader", "load_dataset", "describe_datasets", "NAMES"]

@@ -1,0 +1,124 @@
+"""CIFAR-10 and CIFAR-100 from the official python-version archive (Krizhevsky 2009)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lrlab.data.base import ImageData, cache_dir, candidate_dirs
+from lrlab.data.download import DownloadFailed, download
+from lrlab.errors import UsageError
+
+SOURCES = {
+    "cifar10": {
+        "archive": "cifar-10-python.tar.gz",
+        "folder": "cifar-10-batches-py",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "sha256": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": ("batches.meta", "label_names"),
+        "labels": "labels",
+    },
+    "cifar100": {
+        "archive": "cifar-100-python.tar.gz",
+        "folder": "cifar-100-python",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "sha256": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+        "train": ["train"],
+        "test": ["test"],
+        "meta": ("meta", "fine_label_names"),
+        "labels": "fine_labels",
+    },
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """The CIFAR batches are pickles; allow only what rebuilds numpy arrays, so a hostile file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, where: str) -> dict:
+    try:
+        loaded = _ArraysOnly(io.BytesIO(data), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+        raise UsageError(f"{where} is not a valid CIFAR batch ({error}); delete it and download it again") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{where} is not a valid CIFAR batch; delete it and download it again")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in loaded.items()}
+
+
+def _read_members(location: Path, source: dict) -> dict[str, bytes]:
+    wanted = [*source["train"], *source["test"], source["meta"][0]]
+    if location.is_dir():
+        missing = [m for m in wanted if not (location / m).is_file()]
+        if missing:
+            raise UsageError(f"{location} lacks {', '.join(missing)}; it is not a complete CIFAR folder")
+        return {m: (location / m).read_bytes() for m in wanted}
+    try:
+        with tarfile.open(location, "r:*") as archive:
+            members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+            missing = [m for m in wanted if m not in members]
+            if missing:
+                raise UsageError(f"{location} lacks {', '.join(missing)}; it is not a complete CIFAR archive")
+            return {m: archive.extractfile(members[m]).read() for m in wanted}
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise UsageError(f"{location} is a damaged archive ({error}); delete it and download it again") from None
+
+
+def _split(members: dict[str, bytes], names: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in names:
+        batch = _unpickle(members[name], name)
+        data = np.asarray(batch.get("data"))
+        if data.ndim != 2 or data.shape[1] != 3072 or label_key not in batch:
+            raise UsageError(f"CIFAR batch {name} has an unexpected layout; delete it and download it again")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(images).astype(np.uint8)), torch.from_numpy(np.concatenate(labels))
+
+
+def locate(name: str, data_dir: str | os.PathLike | None) -> Path | None:
+    source = SOURCES[name]
+    for folder in candidate_dirs(name, data_dir):
+        for candidate in (folder / source["folder"], folder / source["archive"]):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
+    """CIFAR-10 or CIFAR-100 from the archive or its extracted folder, downloading if absent."""
+    source = SOURCES[name]
+    location = locate(name, data_dir)
+    if location is None:
+        destination = cache_dir(name) / source["archive"]
+        url = os.environ["LRLAB_MIRROR"].rstrip("/") + f"/{name}/{source['archive']}" if os.environ.get("LRLAB_MIRROR") else source["url"]
+        try:
+            location = download(url, destination, source["sha256"])
+        except DownloadFailed as error:
+            raise UsageError(
+                f"{name} is not on this machine and {error}; put {source['archive']} (or its extracted "
+                f"{source['folder']} folder) in {destination.parent} (or pass --data-dir DIR)"
+            ) from None
+    members = _read_members(location, source)
+    meta = _unpickle(members[source["meta"][0]], source["meta"][0])
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(source["meta"][1], [])]
+    train = _split(members, source["train"], source["labels"])
+    test = _split(members, source["test"], source["labels"])
+    return ImageData(name, *train, *test, classes, str(location), flip_makes_sense=True)

@@ -1,0 +1,357 @@
+"""The one training loop: train an epoch, step the schedule where its spec says, evaluate, record.
+
+`train_one_epoch` and `evaluate` have the shape of the PyTorch quickstart's `train()` and `test()`;
+`Trainer` adds what a long run needs around them: the run directory, checkpoints, resume,
+divergence detection and progress.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lrlab import __version__
+from lrlab.config import RunConfig, config_yaml, load_config
+from lrlab.data import BatchLoader, ImageData, load_dataset
+from lrlab.errors import UsageError
+from lrlab.models import build_model
+from lrlab.optimizers import build_optimizer, parse_optimizer, set_training_mode
+from lrlab.runs import RunDirectory
+from lrlab.schedules import ScheduleDriver, parse_schedule
+
+CHECKPOINT_FORMAT = 1
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+@dataclass
+class RunResult:
+    """How a run ended and its headline numbers."""
+
+    path: str
+    state: str
+    epochs_completed: int
+    best_test_acc: float
+    best_epoch: int
+    final_test_acc: float
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; asking for an absent device is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def train_one_epoch(
+    loader: BatchLoader,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: ScheduleDriver,
+    *,
+    first_step: int,
+    autocast: Any = nullcontext,
+    progress: tqdm | None = None,
+    check_every: int = 1,
+) -> tuple[float, float, list[float], list[float]]:
+    """One pass over `loader`; returns mean loss, accuracy, and each step's LR and loss.
+
+    Loss and accuracy are summed on the device and read once at the end, so an accelerator is
+    never made to wait for the host; the NaN check reads the loss every `check_every` steps.
+    """
+    model.train()
+    set_training_mode(optimizer, True)
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    step_lrs: list[float] = []
+    step_losses = torch.empty(len(loader), device=device)
+    for index, (images, labels) in enumerate(loader):
+        step_lrs.append(optimizer.param_groups[0]["lr"])
+        with autocast():
+            logits = model(images)
+            loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.after_step()
+        step_losses[index] = loss.detach()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if (index + 1) % check_every == 0 or index + 1 == len(loader):
+            recent = step_losses[: index + 1]
+            if not torch.isfinite(recent).all():
+                first_bad = int((~torch.isfinite(recent)).nonzero()[0])
+                raise Diverged(first_step + first_bad + 1, float(recent[first_bad]))
+        if progress is not None:
+            progress.update(1)
+            if index % 10 == 0:
+                progress.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{step_lrs[-1]:.3g}", refresh=False)
+    return float(loss_sum) / seen, int(correct) / seen, step_lrs, step_losses[: len(step_lrs)].tolist()
+
+
+@torch.no_grad()
+def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast: Any = nullcontext) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` over `loader`."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, labels in loader:
+        with autocast():
+            logits = model(images)
+        loss_sum += loss_fn(logits.float(), labels) * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+    return float(loss_sum) / seen, int(correct) / seen
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"lrlab": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+
+
+class Trainer:
+    """Builds a run from its config and carries it out, epoch by epoch, into a run directory."""
+
+    def __init__(self, config: RunConfig, data: ImageData | None = None, resume: bool = False, overwrite: bool = False):
+        self.config = config.validate()
+        self.run = RunDirectory(config.out)
+        self.resume, self.overwrite = resume, overwrite
+        self._check_run_directory()
+        self.device = resolve_device(config.device)
+        on_cuda = self.device.type == "cuda"
+        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
+        self.channels_last = config.channels_last if config.channels_last is not None else on_cuda
+        if data is None:
+            data = load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict)
+        self.data = data.subset(config.limit_train, config.limit_test, seed=0)
+        augment = config.augment
+        if "flip" in augment and not self.data.flip_makes_sense:
+            raise UsageError(f"{self.data.name} has images whose meaning changes when mirrored (digits); use --augment none or crop")
+        mean, std = self.data.channel_statistics()
+        self.train_loader = BatchLoader(
+            self.data.train_images, self.data.train_labels, config.batch_size, mean, std,
+            shuffle=True, augment=augment, seed=config.seed, device=self.device, channels_last=self.channels_last,
+        )
+        self.test_loader = BatchLoader(
+            self.data.test_images, self.data.test_labels, config.eval_batch_size, mean, std,
+            device=self.device, channels_last=self.channels_last,
+        )
+        # The seed fixes the initial weights, so every schedule in a comparison starts alike.
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        model = build_model(config.model, self.data.channels, self.data.image_size, self.data.num_classes, config.width)
+        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.optimizer_spec = parse_optimizer(config.optimizer)
+        self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
+        self.schedule = ScheduleDriver(parse_schedule(config.schedule), self.optimizer, config.epochs, len(self.train_loader))
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.epoch = 0
+        self.best_test_acc = -1.0
+        self.best_epoch = 0
+        self.elapsed_seconds = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def autocast(self):
+        if not self.use_bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoint(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "lrlab_version": __version__,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "step": self.schedule.step_count,
+            "best_test_acc": self.best_test_acc,
+            "best_epoch": self.best_epoch,
+            "elapsed_seconds": self.elapsed_seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng,
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Put model, optimizer, schedule, RNG and counters back as `last.pt` recorded them."""
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise UsageError(f"{self.run.last_path} was written by a different lrlab checkpoint format; start afresh with --overwrite")
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.schedule.load_state_dict(checkpoint["schedule"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise UsageError(f"{self.run.last_path} does not fit this run's model or optimizer "
+                             f"({str(error).splitlines()[0][:120]}); start afresh with --overwrite") from None
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        python_state = random.getstate()
+        random.setstate((python_state[0], tuple(checkpoint["rng"]["python"]), python_state[2]))
+        self.epoch = checkpoint["epoch"]
+        self.best_test_acc = checkpoint["best_test_acc"]
+        self.best_epoch = checkpoint["best_epoch"]
+        self.elapsed_seconds = checkpoint["elapsed_seconds"]
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def _check_run_directory(self) -> None:
+        """Refuse, before any slow work, to clobber another run or to resume a different one."""
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; pick one")
+        self.run.check_writable()
+        if self.run.holds_run() and not (self.resume or self.overwrite):
+            raise UsageError(f"{self.run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        if self.resume and self.run.holds_run():
+            changed = load_config(self.run.config_path).differences(self.config)
+            if changed:
+                raise UsageError(f"{self.run.path} was started with different {', '.join(changed)}; "
+                                 f"resume with the same settings or use another --out")
+
+    def prepare(self) -> None:
+        """Make the run directory ready: pick up the run to resume, or start a fresh one."""
+        if self.resume and self.run.holds_run():
+            if self.run.last_path.exists():
+                self.restore(self.run.load_checkpoint(self.run.last_path))
+            self.run.truncate_to_epoch(self.epoch)
+            return
+        if self.overwrite:
+            self.run.clear()
+        self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
+
+    def fit(self) -> RunResult:
+        """Train for the configured epochs (or what remains of them), recording everything."""
+        self.prepare()
+        quiet = self.config.quiet
+        writer = self._tensorboard() if self.config.tensorboard else None
+        if self.epoch >= self.config.epochs and self.run.read_status().get("state") == "finished":
+            return self._result("finished")
+        self.run.write_status("running", epoch=self.epoch, pid=__import__("os").getpid())
+        # On an accelerator, reading the loss forces a wait; check for NaN less often there.
+        check_every = 1 if self.device.type == "cpu" else 50
+        try:
+            while self.epoch < self.config.epochs:
+                self._run_epoch(quiet, writer, check_every)
+        except Diverged as diverged:
+            self.run.write_status("diverged", epoch=self.epoch + 1, step=diverged.step, loss=str(diverged.loss),
+                                  reason=f"loss became {diverged.loss} at step {diverged.step} (epoch {self.epoch + 1}); lower the LR")
+            if not quiet:
+                print(f"lrlab: run diverged at step {diverged.step} (epoch {self.epoch + 1}); best.pt keeps epoch {self.best_epoch}", file=sys.stderr)
+            return self._result("diverged")
+        except KeyboardInterrupt:
+            self.run.write_status("interrupted", epoch=self.epoch, reason="stopped by the user")
+            print(f"\nlrlab: interrupted after epoch {self.epoch}; continue with: lrlab train --out {self.run.path} --resume", file=sys.stderr)
+            raise
+        except UsageError:
+            raise
+        except Exception as error:
+            self.run.write_status("failed", epoch=self.epoch, reason=f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
+        self.run.write_status("finished", epoch=self.epoch, best_test_acc=self.best_test_acc, best_epoch=self.best_epoch)
+        return self._result("finished")
+
+    def _run_epoch(self, quiet: bool, writer: Any, check_every: int) -> None:
+        epoch = self.epoch + 1
+        started = time.perf_counter()
+        lr_at_start = self.optimizer.param_groups[0]["lr"]
+        first_step = self.schedule.step_count
+        self.train_loader.set_epoch(epoch)
+        progress = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.epochs}", unit="step",
+                        disable=quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
+        with progress:
+            train_loss, train_acc, step_lrs, step_losses = train_one_epoch(
+                self.train_loader, self.model, self.loss_fn, self.optimizer, self.schedule,
+                first_step=first_step, autocast=self.autocast, progress=None if quiet else progress, check_every=check_every,
+            )
+        set_training_mode(self.optimizer, False)
+        test_loss, test_acc = evaluate(self.test_loader, self.model, self.loss_fn, self.autocast)
+        metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+        self.schedule.after_epoch(metrics)
+        seconds = time.perf_counter() - started
+        self.elapsed_seconds += seconds
+        self.epoch = epoch
+        self.run.append_steps([
+            {"step": first_step + i + 1, "epoch": epoch, "lr": lr, "loss": loss}
+            for i, (lr, loss) in enumerate(zip(step_lrs, step_losses))
+        ])
+        self.run.append_metrics({"epoch": epoch, "lr": lr_at_start, **metrics,
+                                 "seconds": round(seconds, 3), "elapsed_seconds": round(self.elapsed_seconds, 3)})
+        if test_acc > self.best_test_acc:
+            self.best_test_acc, self.best_epoch = test_acc, epoch
+            self.run.save_checkpoint(self.run.best_path, {
+                "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "epoch": epoch,
+                "test_acc": test_acc, "model": self.model.state_dict(),
+            })
+        self.run.save_checkpoint(self.run.last_path, self._checkpoint())
+        if writer is not None:
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, epoch)
+            writer.add_scalar("lr", lr_at_start, epoch)
+        if not quiet:
+            tqdm.write(
+                f"epoch {epoch:>3}/{self.config.epochs}  lr {lr_at_start:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
+                f"test loss {test_loss:.4f} acc {test_acc:6.2%}  {seconds:.1f} s", file=sys.stderr,
+            )
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError("--tensorboard needs the tensorboard package: pip install 'lrlab[tensorboard]'") from None
+        return SummaryWriter(log_dir=str(self.run.path))
+
+    def _result(self, state: str) -> RunResult:
+        metrics = self.run.read_metrics()
+        return RunResult(
+            path=str(self.run.path), state=state, epochs_completed=self.epoch,
+            best_test_acc=max(self.best_test_acc, 0.0), best_epoch=self.best_epoch,
+            final_test_acc=metrics[-1]["test_acc"] if metrics else float("nan"),
+            seconds=self.elapsed_seconds,
+        )
+
+
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data: ImageData | None = None) -> RunResult:
+    """Train one model as `config` says, into `config.out`; the library's main entry point."""
+    return Trainer(config, data, resume=resume, overwrite=overwrite).fit()

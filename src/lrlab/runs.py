@@ -1,0 +1,150 @@
+"""The run directory: config, per-epoch and per-step metrics, status, atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from lrlab.errors import UsageError
+
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "elapsed_seconds")
+STEP_COLUMNS = ("step", "epoch", "lr", "loss")
+STATES = ("running", "finished", "diverged", "failed", "interrupted")
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename over `path`."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class RunDirectory:
+    """One run's folder on disk. Writers append; nothing is rewritten except atomically."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.csv"
+        self.steps_path = self.path / "steps.csv"
+        self.status_path = self.path / "status.json"
+        self.best_path = self.path / "best.pt"
+        self.last_path = self.path / "last.pt"
+
+    def holds_run(self) -> bool:
+        return self.config_path.exists()
+
+    def check_writable(self) -> None:
+        """Create the folder and prove a file can be written there, before any work starts."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except OSError as error:
+            raise UsageError(f"cannot write to {self.path}: {error.strerror}; choose another --out") from None
+
+    def clear(self) -> None:
+        """Remove the files a run writes (for --overwrite); anything else in the folder stays."""
+        for path in (self.config_path, self.metrics_path, self.steps_path, self.status_path, self.best_path, self.last_path):
+            path.unlink(missing_ok=True)
+        for events in self.path.glob("events.out.tfevents.*"):
+            events.unlink()
+
+    def write_text(self, path: Path, text: str) -> None:
+        write_atomically(path, lambda out: out.write(text.encode()))
+
+    def write_status(self, state: str, **details: Any) -> None:
+        assert state in STATES
+        record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
+        self.write_text(self.status_path, json.dumps(record, indent=2) + "\n")
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return {"state": "unknown"}
+
+    def _append(self, path: Path, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> None:
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        self._append(self.metrics_path, METRIC_COLUMNS, [row])
+
+    def append_steps(self, rows: list[dict[str, Any]]) -> None:
+        self._append(self.steps_path, STEP_COLUMNS, rows)
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        return _read_csv(self.metrics_path)
+
+    def read_steps(self) -> list[dict[str, float]]:
+        return _read_csv(self.steps_path)
+
+    def truncate_to_epoch(self, epoch: int) -> None:
+        """Drop rows after `epoch` (a run stopped mid-epoch may have written some) before resuming."""
+        for path, columns in ((self.metrics_path, METRIC_COLUMNS), (self.steps_path, STEP_COLUMNS)):
+            kept = [row for row in _read_csv(path) if row["epoch"] <= epoch]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({k: _plain(v) for k, v in row.items()} for row in kept)
+            self.write_text(path, text.getvalue())
+
+    def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        write_atomically(path, lambda out: torch.save(state, out))
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Load with weights_only=True: a checkpoint can never run code."""
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UsageError(f"{path} does not exist; nothing to resume (drop --resume to start afresh)") from None
+        except Exception as error:  # torch raises many types for damaged or hostile files
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(f"{path} cannot be loaded safely ({first_line[:160]}); it is damaged or not an lrlab checkpoint") from None
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else value
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

@@ -1,0 +1,347 @@
+"""Schedule specs -> real `torch.optim.lr_scheduler` objects, stepped where each one needs.
+
+lrlab never computes a learning rate itself: the torch scheduler objects do the maths, and
+`ScheduleDriver` only decides when to call them (per optimizer step, per epoch, with a metric).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from lrlab.errors import UsageError
+from lrlab.specs import check_arguments, parse_arguments, parse_spec, suggestion
+
+SHORT_NAMES = {
+    "step": "StepLR",
+    "multistep": "MultiStepLR",
+    "exponential": "ExponentialLR",
+    "cosine": "CosineAnnealingLR",
+    "cosine-restarts": "CosineAnnealingWarmRestarts",
+    "plateau": "ReduceLROnPlateau",
+    "onecycle": "OneCycleLR",
+    "cyclic": "CyclicLR",
+    "linear": "LinearLR",
+    "polynomial": "PolynomialLR",
+    "constant-factor": "ConstantLR",
+    "lambda": "LambdaLR",
+    "multiplicative": "MultiplicativeLR",
+}
+NO_SCHEDULE = "constant"
+PER_STEP_BY_DEFAULT = {"OneCycleLR", "CyclicLR"}
+COMBINATORS = {"SequentialLR", "ChainedScheduler"}
+MONITORS = ("test_loss", "test_acc", "train_loss", "train_acc")
+# Arguments lrlab fills in itself, so the user never passes an optimizer or a position.
+FILLED_BY_LRLAB = ("optimizer", "last_epoch", "verbose")
+
+
+def scheduler_classes() -> dict[str, type]:
+    """Every public scheduler class torch ships, by class name."""
+    found = {}
+    for name, value in vars(lr_scheduler).items():
+        if name.startswith("_") or not inspect.isclass(value) or name == "LRScheduler":
+            continue
+        if issubclass(value, (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)):
+            found[name] = value
+    return found
+
+
+@dataclass(frozen=True)
+class WarmupSpec:
+    """A warmup placed in front of another schedule; it always steps per batch."""
+
+    kind: str  # "linear" ramps up to the schedule's LR, "constant" holds a fraction of it
+    epochs: float | None = None
+    steps: int | None = None
+    start_factor: float = 0.01
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, round(self.epochs * steps_per_epoch))
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A parsed, checked schedule: the torch class, its arguments and where it is stepped."""
+
+    text: str
+    class_name: str | None  # None means a fixed LR
+    arguments: dict[str, Any] = field(default_factory=dict)
+    per_step: bool = False
+    monitor: str | None = None
+    warmup: WarmupSpec | None = None
+
+    @property
+    def label(self) -> str:
+        """A file-system-safe name for run directories."""
+        return re.sub(r"[^A-Za-z0-9_.=\-+]+", "_", self.text).strip("_") or "constant"
+
+    @property
+    def is_plateau(self) -> bool:
+        return self.class_name == "ReduceLROnPlateau"
+
+
+class LrLambda:
+    """An `lr_lambda` written as arithmetic in `epoch` (e.g. `0.95**epoch`).
+
+    A class rather than a closure so that torch's `state_dict()` can save it (it stores the
+    `__dict__` of callable objects) and a checkpoint loads with `weights_only=True`.
+    """
+
+    ALLOWED_FUNCTIONS = {n: getattr(math, n) for n in ("cos", "sin", "exp", "log", "sqrt", "pi")}
+    ALLOWED_FUNCTIONS.update(min=min, max=max, abs=abs)
+    ALLOWED_NODES = (
+        ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Call,
+        ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.FloorDiv, ast.USub, ast.UAdd,
+        ast.IfExp, ast.Compare, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
+    )
+
+    def __init__(self, expression: str):
+        self.expression = expression
+        self._check()
+
+    def _check(self) -> None:
+        try:
+            tree = ast.parse(self.expression, mode="eval")
+        except SyntaxError:
+            raise UsageError(f"lr_lambda {self.expression!r} is not a valid expression") from None
+        for node in ast.walk(tree):
+            if not isinstance(node, self.ALLOWED_NODES):
+                raise UsageError(
+                    f"lr_lambda {self.expression!r}: only arithmetic in 'epoch' and "
+                    f"{', '.join(self.ALLOWED_FUNCTIONS)} is allowed"
+                )
+            if isinstance(node, ast.Name) and node.id not in self.ALLOWED_FUNCTIONS and node.id != "epoch":
+                raise UsageError(f"lr_lambda {self.expression!r}: unknown name {node.id!r}; use 'epoch'")
+        self(0)
+
+    def __call__(self, epoch: int) -> float:
+        namespace = {"__builtins__": {}, "epoch": epoch, **self.ALLOWED_FUNCTIONS}
+        try:
+            return float(eval(compile(self.expression, "<lr_lambda>", "eval"), namespace))
+        except (ArithmeticError, ValueError, TypeError) as error:
+            raise UsageError(f"lr_lambda {self.expression!r} fails at epoch {epoch}: {error}") from None
+
+
+def _parse_warmup(text: str) -> WarmupSpec:
+    match = re.fullmatch(r"warmup\((.*)\)", text.strip())
+    if not match:
+        raise UsageError(f"warmup {text!r} should look like warmup(linear,epochs=2)")
+    kind, _, rest = match.group(1).partition(",")
+    kind = kind.strip()
+    if kind not in ("linear", "constant"):
+        raise UsageError(f"warmup kind {kind!r} is not known; use linear or constant")
+    arguments = parse_arguments(rest, "warmup")
+    unknown = set(arguments) - {"epochs", "steps", "start_factor"}
+    if unknown:
+        raise UsageError(f"warmup: unknown argument {sorted(unknown)[0]!r}; it takes epochs, steps, start_factor")
+    if ("epochs" in arguments) == ("steps" in arguments):
+        raise UsageError("warmup needs exactly one of epochs=E or steps=N")
+    epochs, steps = arguments.get("epochs"), arguments.get("steps")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
+        raise UsageError(f"warmup epochs={epochs!r} should be a positive number")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
+        raise UsageError(f"warmup steps={steps!r} should be a positive whole number")
+    start_factor = arguments.get("start_factor", 0.01)
+    if isinstance(start_factor, bool) or not isinstance(start_factor, (int, float)) or not 0 < start_factor <= 1:
+        raise UsageError(f"warmup start_factor={start_factor!r} should be in (0, 1]")
+    return WarmupSpec(kind, epochs, steps, float(start_factor))
+
+
+def resolve_class_name(name: str) -> str | None:
+    """Short name or class name (any case) -> torch class name; None for a fixed LR."""
+    if name == NO_SCHEDULE:
+        return None
+    classes = scheduler_classes()
+    if name in SHORT_NAMES:
+        return SHORT_NAMES[name]
+    by_lower = {c.lower(): c for c in classes}
+    if name.lower() in by_lower:
+        resolved = by_lower[name.lower()]
+        if resolved in COMBINATORS:
+            raise UsageError(
+                f"{resolved} combines other schedules; write the combination as a spec, "
+                "e.g. warmup(linear,epochs=2)+cosine:T_max=18"
+            )
+        return resolved
+    choices = [NO_SCHEDULE, *SHORT_NAMES, *(c for c in classes if c not in COMBINATORS)]
+    raise UsageError(f"unknown schedule {name!r}{suggestion(name, choices)}; run 'lrlab schedules' to list them")
+
+
+def parse_schedule(text: str) -> ScheduleSpec:
+    """Parse and check a schedule spec such as `warmup(linear,epochs=2)+cosine:T_max=18@step`."""
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError("empty schedule spec; use e.g. constant or step:step_size=5,gamma=0.5")
+    body = text.strip()
+    stepping = None
+    if body.endswith("@step") or body.endswith("@epoch"):
+        body, _, stepping = body.rpartition("@")
+    warmup = None
+    if body.startswith("warmup("):
+        close = body.find(")")
+        if close < 0 or body[close + 1 : close + 2] != "+":
+            raise UsageError(f"schedule {text!r}: a warmup is written warmup(linear,epochs=2)+<schedule>")
+        warmup = _parse_warmup(body[: close + 1])
+        body = body[close + 2 :]
+    spec = parse_spec(body, "schedule")
+    class_name = resolve_class_name(spec.name)
+    arguments = dict(spec.arguments)
+    monitor = arguments.pop("monitor", None)
+    context = f"schedule {spec.name!r}"
+    if class_name is None:
+        if arguments or monitor:
+            raise UsageError(f"{context} takes no arguments")
+        if stepping:
+            raise UsageError(f"{context} has nothing to step; drop @{stepping}")
+        return ScheduleSpec(text.strip(), None, {}, False, None, warmup)
+    cls = scheduler_classes()[class_name]
+    if class_name in ("LambdaLR", "MultiplicativeLR") and isinstance(arguments.get("lr_lambda"), (int, float)):
+        arguments["lr_lambda"] = str(arguments["lr_lambda"])
+    check_arguments(cls, arguments, context, FILLED_BY_LRLAB)
+    if "lr_lambda" in arguments:
+        LrLambda(arguments["lr_lambda"])
+    if class_name == "ReduceLROnPlateau":
+        monitor = monitor or "test_loss"
+        if monitor not in MONITORS:
+            raise UsageError(f"{context}: monitor={monitor!r} should be one of {', '.join(MONITORS)}")
+        wants_max = monitor.endswith("_acc")
+        if "mode" not in arguments:
+            arguments["mode"] = "max" if wants_max else "min"
+        elif (arguments["mode"] == "max") != wants_max:
+            raise UsageError(
+                f"{context}: mode={arguments['mode']} with monitor={monitor} would cut the LR while "
+                f"the run improves; use mode={'max' if wants_max else 'min'}"
+            )
+        if stepping == "step":
+            raise UsageError(f"{context} needs an epoch's metric; it cannot step per batch (drop @step)")
+    elif monitor is not None:
+        raise UsageError(f"{context}: monitor= only applies to plateau (ReduceLROnPlateau)")
+    per_step = class_name in PER_STEP_BY_DEFAULT if stepping is None else stepping == "step"
+    return ScheduleSpec(text.strip(), class_name, arguments, per_step, monitor, warmup)
+
+
+def _fill_run_length(spec: ScheduleSpec, main_steps: int) -> dict[str, Any]:
+    """OneCycleLR needs its length; give it the run's unless the user chose one."""
+    arguments = dict(spec.arguments)
+    if spec.class_name == "OneCycleLR" and not {"total_steps", "epochs", "steps_per_epoch"} & set(arguments):
+        arguments["total_steps"] = max(1, main_steps)
+    if "lr_lambda" in arguments:
+        arguments["lr_lambda"] = LrLambda(arguments["lr_lambda"])
+    return arguments
+
+
+class ScheduleDriver:
+    """Steps a torch scheduler (and an optional warmup in front of it) at the right moments.
+
+    Call `after_step()` after every optimizer step and `after_epoch(metrics)` after every
+    evaluation. The warmup's own torch scheduler ramps the LR towards where the main schedule
+    starts; when it ends, the main schedule's LR is restored exactly, so the main schedule runs
+    as if the warmup had not been there (which lets ReduceLROnPlateau follow a warmup, something
+    torch's SequentialLR cannot do).
+    """
+
+    def __init__(self, spec: ScheduleSpec, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
+        self.spec = spec
+        self.optimizer = optimizer
+        self.warmup_steps = spec.warmup.total_steps(steps_per_epoch) if spec.warmup else 0
+        self.step_count = 0
+        self.steps_at_last_epoch_end = 0
+        self.main = None
+        if spec.class_name is not None:
+            total_steps = epochs * steps_per_epoch - self.warmup_steps
+            warmup_epochs = math.ceil(self.warmup_steps / steps_per_epoch) if steps_per_epoch else 0
+            main_length = total_steps if spec.per_step else epochs - warmup_epochs
+            arguments = _fill_run_length(spec, main_length)
+            cls = scheduler_classes()[spec.class_name]
+            try:
+                self.main = cls(optimizer, **arguments)
+            except (ValueError, TypeError, KeyError) as error:
+                raise UsageError(f"schedule {spec.text!r}: {error}") from None
+        self.main_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.warmup = None
+        if spec.warmup:
+            if spec.warmup.kind == "linear":
+                self.warmup = lr_scheduler.LinearLR(
+                    optimizer, start_factor=spec.warmup.start_factor, end_factor=1.0, total_iters=self.warmup_steps
+                )
+            else:
+                self.warmup = lr_scheduler.ConstantLR(
+                    optimizer, factor=spec.warmup.start_factor, total_iters=self.warmup_steps
+                )
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.step_count < self.warmup_steps
+
+    def after_step(self) -> None:
+        """Call once after each optimizer step."""
+        self.step_count += 1
+        if self.step_count <= self.warmup_steps:
+            self.warmup.step()
+            if self.step_count == self.warmup_steps:
+                for group, lr in zip(self.optimizer.param_groups, self.main_lrs):
+                    group["lr"] = lr
+        elif self.main is not None and self.spec.per_step:
+            self.main.step()
+
+    def after_epoch(self, metrics: dict[str, float]) -> None:
+        """Call once after each epoch's evaluation, with that epoch's metrics."""
+        epoch_began_after_warmup = self.steps_at_last_epoch_end >= self.warmup_steps
+        self.steps_at_last_epoch_end = self.step_count
+        if self.main is None or self.spec.per_step or not epoch_began_after_warmup:
+            return
+        if self.spec.is_plateau:
+            self.main.step(metrics[self.spec.monitor])
+        else:
+            self.main.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_count": self.step_count,
+            "steps_at_last_epoch_end": self.steps_at_last_epoch_end,
+            "main_lrs": list(self.main_lrs),
+            "main": self.main.state_dict() if self.main is not None else None,
+            "warmup": self.warmup.state_dict() if self.warmup is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = state["step_count"]
+        self.steps_at_last_epoch_end = state["steps_at_last_epoch_end"]
+        self.main_lrs = list(state["main_lrs"])
+        if self.main is not None:
+            self.main.load_state_dict(state["main"])
+        if self.warmup is not None:
+            self.warmup.load_state_dict(state["warmup"])
+
+
+def build_schedule(
+    spec: ScheduleSpec | str, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> ScheduleDriver:
+    """The driver for `spec` on `optimizer` over a run of `epochs` x `steps_per_epoch`."""
+    if isinstance(spec, str):
+        spec = parse_schedule(spec)
+    return ScheduleDriver(spec, optimizer, epochs, steps_per_epoch)
+
+
+def describe_schedules() -> list[tuple[str, str, str]]:
+    """(short name, torch class, stepping) for every schedule lrlab knows, for `lrlab schedules`."""
+    rows = [(NO_SCHEDULE, "-", "fixed LR")]
+    short_for = {v: k for k, v in SHORT_NAMES.items()}
+    for class_name in sorted(scheduler_classes()):
+        if class_name in COMBINATORS:
+            continue
+        stepping = "per batch" if class_name in PER_STEP_BY_DEFAULT else "per epoch"
+        if class_name == "ReduceLROnPlateau":
+            stepping += ", with monitor"
+        rows.append((short_for.get(class_name, class_name.lower()), class_name, stepping))
+    return rows
+
+
