@@ -7,7 +7,7 @@ divergence detection and progress.
 
 from __future__ import annotations
 
-import math
+import os
 import random
 import sys
 import time
@@ -29,6 +29,8 @@ from lrlab.runs import RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
 
 CHECKPOINT_FORMAT = 1
+# Lets the fault tests kill a run between epochs reliably; never set in normal use.
+TEST_EPOCH_DELAY_SECONDS = float(os.environ.get("LRLAB_TEST_EPOCH_DELAY", "0"))
 
 
 class Diverged(Exception):
@@ -265,7 +267,7 @@ class Trainer:
         writer = self._tensorboard() if self.config.tensorboard else None
         if self.epoch >= self.config.epochs and self.run.read_status().get("state") == "finished":
             return self._result("finished")
-        self.run.write_status("running", epoch=self.epoch, pid=__import__("os").getpid())
+        self.run.write_status("running", epoch=self.epoch, pid=os.getpid())
         # On an accelerator, reading the loss forces a wait; check for NaN less often there.
         check_every = 1 if self.device.type == "cpu" else 50
         try:
@@ -325,6 +327,8 @@ class Trainer:
                 "test_acc": test_acc, "model": self.model.state_dict(),
             })
         self.run.save_checkpoint(self.run.last_path, self._checkpoint())
+        if TEST_EPOCH_DELAY_SECONDS:
+            time.sleep(TEST_EPOCH_DELAY_SECONDS)
         if writer is not None:
             for name, value in metrics.items():
                 writer.add_scalar(name, value, epoch)

@@ -45,6 +45,7 @@ class _ArraysOnly(pickle.Unpickler):
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes under protocol 2; it only encodes text
     }
 
     def find_class(self, module: str, name: str):

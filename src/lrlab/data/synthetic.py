@@ -23,8 +23,7 @@ def load() -> ImageData:
 
     def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(CLASSES).repeat_interleave(per_class)
-        shift = torch.randint(-2, 3, (2,), generator=generator)
-        base = prototypes[labels].roll(shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
+        base = prototypes[labels]
         contrast = 0.6 + 0.8 * torch.rand(len(labels), 1, 1, 1, generator=generator)
         noisy = base * contrast + NOISE * torch.randn(base.shape, generator=generator)
         images = (noisy.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -1,0 +1,116 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lrlab.cli import main
+from lrlab.runs import RunDirectory
+
+TINY = ["--dataset", "digits", "--model", "cnn", "--width", "4", "--epochs", "2", "--batch-size", "64", "--quiet"]
+
+
+def run_cli(*arguments):
+    """The real console script, as a user runs it."""
+    return subprocess.run(["lrlab", *arguments], capture_output=True, text=True, timeout=120)
+
+
+def test_train_command_trains_and_prints_a_summary(tmp_path, capsys):
+    assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 0
+    assert "finished: 2 epochs, best test accuracy" in capsys.readouterr().out
+    assert len(RunDirectory(tmp_path / "run").read_metrics()) == 2
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["--dataset", "digitz"], "did you mean 'digits'"),
+    (["--model", "cnm"], "did you mean 'cnn'"),
+    (["--optimizer", "sdg:lr=0.1"], "did you mean 'sgd'"),
+    (["--schedule", "stpe:step_size=5"], "did you mean 'step'"),
+    (["--schedule", "step:gama=0.5"], "did you mean 'gamma'"),
+    (["--schedule", "step:step_size=x"], "step_size='x' should be int"),
+    (["--epochs", "x"], "invalid int value"),
+    (["--augment", "rotate"], "'rotate' is not one of"),
+    (["--resume", "--overwrite"], "contradict"),
+])
+def test_bad_input_ends_with_one_line_and_status_2(tmp_path, arguments, says):
+    result = run_cli("train", *TINY, "--out", str(tmp_path / "run"), *arguments)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_missing_data_files_give_one_line_and_status_2(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 20)
+    for stem in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / "mnist" / stem).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x00")
+    result = run_cli("train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet")
+    assert result.returncode == 2 and "truncated" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_directory_holding_another_run_is_left_untouched(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY, "--out", out]) == 0
+    before = {p.name: p.read_bytes() for p in Path(out).iterdir()}
+    assert main(["train", *TINY, "--out", out, "--epochs", "3"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in Path(out).iterdir()} == before
+
+
+def test_config_file_gives_the_same_run_as_the_options(tmp_path):
+    assert main(["train", *TINY, "--schedule", "step:step_size=1,gamma=0.5", "--out", str(tmp_path / "a")]) == 0
+    values = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    values.pop("versions")
+    values["out"] = str(tmp_path / "b")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(values))
+    assert main(["train", "--config", str(tmp_path / "b.yaml")]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+    assert strip(RunDirectory(tmp_path / "a").read_metrics()) == strip(RunDirectory(tmp_path / "b").read_metrics())
+
+
+def test_options_on_the_command_line_override_the_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("dataset: digits\nmodel: cnn\nwidth: 4\nepochs: 3\nquiet: true\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert len(RunDirectory(tmp_path / "run").read_metrics()) == 1
+
+
+@pytest.mark.parametrize("text, says", [
+    ("epochz: 3\n", "unknown key 'epochz' (did you mean 'epochs'?)"),
+    ("epochs: three\n", "epochs: 'three' should be a whole number"),
+    ("- a list\n", "should hold key: value lines"),
+    ("epochs: [\n", "is not valid YAML"),
+])
+def test_bad_config_files_are_refused(tmp_path, text, says):
+    (tmp_path / "bad.yaml").write_text(text)
+    result = run_cli("train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_needs_only_the_run_directory(tmp_path):
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY, "--out", out]) == 0
+    (tmp_path / "run" / "status.json").write_text('{"state": "interrupted"}')
+    assert main(["train", "--out", out, "--resume", "--quiet"]) == 0
+    assert len(RunDirectory(out).read_metrics()) == 2
+
+
+def test_datasets_command_lists_where_each_data_set_is(capsys):
+    assert main(["datasets"]) == 0
+    output = capsys.readouterr().out
+    assert "digits" in output and "fashion-mnist" in output and "cifar10" in output
+
+
+def test_schedules_command_lists_every_torch_scheduler(capsys):
+    from lrlab.schedules import COMBINATORS, scheduler_classes
+
+    assert main(["schedules"]) == 0
+    output = capsys.readouterr().out
+    assert all(name in output for name in set(scheduler_classes()) - COMBINATORS)
+
+
+def test_every_command_has_an_example_in_its_help():
+    for command in ("train", "datasets", "schedules"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and "example" in result.stdout
