@@ -28,8 +28,8 @@ HELP = {
     "image_size": "resize images to N x N pixels",
     "val_fraction": "for folder:PATH without train/test folders, the fraction held out for testing",
     "strict": "stop at the first unreadable image instead of skipping it",
-    "precision": "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16",
-    "channels_last": "channels-last memory format (default: on for CUDA)",
+    "precision": "auto (bf16 autocast on CPU and CUDA, fp32 on MPS), fp32 or bf16",
+    "channels_last": "channels-last memory format (default: on for CPU and CUDA)",
     "device": "auto, cpu, cuda or mps",
     "data_dir": "folder to look for data files in first (also $LRLAB_DATA)",
     "out": "run directory",
@@ -45,6 +45,18 @@ TRAIN_EXAMPLES = """examples:
 """
 
 
+COMPARE_EXAMPLES = """examples:
+  lrlab compare --preset article --dataset fashion-mnist --seeds 0 1 2 --out runs/article
+  lrlab compare --schedules constant "step:step_size=5,gamma=0.5" "onecycle:max_lr=0.1" \\
+      --epochs 20 --seeds 0 1 2 --dataset digits --out runs/mine
+"""
+PREVIEW_EXAMPLES = """example:
+  lrlab preview "cosine:T_max=50" "exponential:gamma=0.95" --epochs 20 --lr 0.05 \\
+      --steps-per-epoch 235 --plot lr.png --csv lr.csv
+"""
+PRESET_NAMES = ("article", "modern")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line and exits 2."""
 
@@ -52,9 +64,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(RunConfig)
     for field in fields(RunConfig):
+        if field.name in skip:
+            continue
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not MISSING else None
         help_text = f"{HELP[field.name]} (default: {default})"
@@ -81,18 +95,48 @@ def build_parser() -> Parser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     datasets.add_argument("--data-dir", help="also look here")
 
+    compare = commands.add_parser("compare", help="train several schedules x seeds and report which is better",
+                                  epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("--preset", choices=sorted(PRESET_NAMES), help="a ready set of schedules (article, modern)")
+    compare.add_argument("--schedules", nargs="+", metavar="SPEC", help="schedule specs to compare (instead of --preset)")
+    compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each is one paired run per schedule (default: 0 1 2)")
+    compare.add_argument("--baseline", help="label of the schedule the others are compared with (default: the first)")
+    compare.add_argument("--target-acc", type=float, help="accuracy (0-1) for 'epochs to target' (default: the baseline's final mean)")
+    compare.add_argument("--config", help="YAML file with the training options; options given here override it")
+    _add_config_options(compare, skip=("schedule", "seed", "quiet"))
+
+    report = commands.add_parser("report", help="rebuild the report of a comparison from its runs",
+                                 epilog="example:\n  lrlab report runs/article", formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("out", help="the comparison's folder")
+
+    preview = commands.add_parser("preview", help="the LR of schedules at every step, without training",
+                                  epilog=PREVIEW_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    preview.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs")
+    preview.add_argument("--epochs", type=int, default=20, help="run length in epochs (default: 20)")
+    preview.add_argument("--steps-per-epoch", type=int, default=1, help="optimizer steps per epoch (default: 1)")
+    preview.add_argument("--lr", type=float, default=0.1, help="the optimizer's LR (default: 0.1)")
+    preview.add_argument("--metric", help="assumed monitored metric per epoch for plateau, comma-separated (default: flat)")
+    preview.add_argument("--plot", help="write a plot here (.png or .svg)")
+    preview.add_argument("--csv", help="write spec,step,epoch,lr rows here")
+
+    doctor = commands.add_parser("doctor", help="warn where a schedule will not do what you probably expect",
+                                 epilog='example:\n  lrlab doctor "cosine:T_max=50" --epochs 20', formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs")
+    doctor.add_argument("--epochs", type=int, default=20, help="run length in epochs (default: 20)")
+    doctor.add_argument("--steps-per-epoch", type=int, default=1, help="optimizer steps per epoch (default: 1)")
+
     commands.add_parser("schedules", help="list every schedule name and how it is stepped",
                         epilog="example:\n  lrlab schedules", formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser
 
 
-def config_from_arguments(arguments: argparse.Namespace) -> RunConfig:
+def config_from_arguments(arguments: argparse.Namespace, defaults: dict | None = None) -> RunConfig:
     """Defaults, then the --config file (or the run being resumed), then options on the command line."""
     given = {f.name: getattr(arguments, f.name) for f in fields(RunConfig) if hasattr(arguments, f.name)}
-    base: dict = {}
+    base: dict = dict(defaults or {})
     if arguments.config:
-        base = load_config(arguments.config).to_dict()
-    elif arguments.resume:
+        base.update(load_config(arguments.config).to_dict())
+    elif getattr(arguments, "resume", False):
         saved = Path(given.get("out", RunConfig.out)) / "config.yaml"
         if saved.exists():
             base = load_config(saved).to_dict()
@@ -108,6 +152,113 @@ def _train(arguments: argparse.Namespace) -> int:
                f"(epoch {result.best_epoch}), final {result.final_test_acc:.2%}, {result.seconds:.1f} s -> {result.path}")
     print(summary)
     return 0 if result.state == "finished" else 1
+
+
+def _compare(arguments: argparse.Namespace) -> int:
+    from lrlab.compare import PRESETS, run_comparison, variants_from_specs
+    from lrlab.report import build_report
+
+    if bool(arguments.preset) == bool(arguments.schedules):
+        raise UsageError("give either --preset NAME or --schedules SPEC ... (not both)")
+    defaults = {"quiet": True}
+    if arguments.preset:
+        preset = PRESETS[arguments.preset]
+        variants = list(preset.variants)
+        defaults["epochs"] = preset.epochs
+        print(f"preset {arguments.preset}: {preset.description}", file=sys.stderr)
+    else:
+        variants = variants_from_specs(arguments.schedules)
+    if not hasattr(arguments, "out"):
+        raise UsageError("compare needs --out DIR for its runs and report")
+    if arguments.target_acc is not None and not 0 < arguments.target_acc <= 1:
+        raise UsageError(f"--target-acc {arguments.target_acc} should be a fraction in (0, 1], e.g. 0.9")
+    base = config_from_arguments(arguments, defaults)
+    outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc)
+    comparison = build_report(base.out)
+    from lrlab.report import verdict
+
+    print(verdict(comparison))
+    print(f"report: {Path(base.out) / 'report.html'}  table: {Path(base.out) / 'summary.md'}")
+    return 0 if all(o.state == "finished" for o in outcomes) else 1
+
+
+def _report(arguments: argparse.Namespace) -> int:
+    from lrlab.report import build_report, verdict
+
+    comparison = build_report(arguments.out)
+    print(verdict(comparison))
+    print(f"report: {Path(arguments.out) / 'report.html'}")
+    return 0
+
+
+def _preview(arguments: argparse.Namespace) -> int:
+    from lrlab.preview import preview
+
+    metric = None
+    if arguments.metric:
+        try:
+            metric = [float(v) for v in arguments.metric.split(",")]
+        except ValueError:
+            raise UsageError("--metric should be numbers separated by commas, one per epoch") from None
+    previews = {spec: preview(spec, arguments.epochs, arguments.steps_per_epoch, arguments.lr, metric) for spec in arguments.specs}
+    if arguments.csv:
+        lines = ["spec,step,epoch,lr"] + [f'"{spec}",{r.step},{r.epoch},{r.lr!r}' for spec, rows in previews.items() for r in rows]
+        _write_output(arguments.csv, "\n".join(lines) + "\n")
+    if arguments.plot:
+        _plot_preview(previews, arguments, metric)
+    for spec, rows in previews.items():
+        epoch_starts = [r.lr for r in rows if (r.step - 1) % arguments.steps_per_epoch == 0]
+        shown = ", ".join(f"{lr:.4g}" for lr in epoch_starts[:6]) + (", ..." if len(epoch_starts) > 6 else "")
+        print(f"{spec}: epoch-start LR {shown}; final {rows[-1].lr:.4g} ({rows[-1].lr / arguments.lr:.3g} of --lr)")
+    return 0
+
+
+def _write_output(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror}") from None
+
+
+def _plot_preview(previews: dict, arguments: argparse.Namespace, metric: list[float] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if Path(arguments.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"--plot {arguments.plot} should end in .png, .svg or .pdf")
+    figure, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for spec, rows in previews.items():
+        ax.plot([r.step / arguments.steps_per_epoch for r in rows], [r.lr for r in rows], label=spec)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"Learning-rate schedules over {arguments.epochs} epochs (start LR {arguments.lr:g})")
+    if any("plateau" in s.lower() for s in previews):
+        ax.text(0.01, 0.02, "plateau assumes a " + ("flat metric (no improvement)" if metric is None else "given metric curve"),
+                transform=ax.transAxes, fontsize=8, color="grey")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    try:
+        figure.savefig(arguments.plot)
+    except OSError as error:
+        raise UsageError(f"cannot write {arguments.plot}: {error.strerror}") from None
+    plt.close(figure)
+
+
+def _doctor(arguments: argparse.Namespace) -> int:
+    from lrlab.preview import doctor
+
+    found = 0
+    for spec in arguments.specs:
+        lines = doctor(spec, arguments.epochs, arguments.steps_per_epoch)
+        found += len(lines)
+        for line in lines:
+            print(f"warning: {line}")
+        if not lines:
+            print(f"ok: {spec}")
+    return 1 if found else 0
 
 
 def _datasets(arguments: argparse.Namespace) -> int:
@@ -134,7 +285,8 @@ def _schedules(arguments: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lrlab` command; returns the exit status."""
     arguments = build_parser().parse_args(argv)
-    handlers = {"train": _train, "datasets": _datasets, "schedules": _schedules}
+    handlers = {"train": _train, "compare": _compare, "report": _report, "preview": _preview, "doctor": _doctor,
+                "datasets": _datasets, "schedules": _schedules}
     try:
         return handlers[arguments.command](arguments)
     except UsageError as error:

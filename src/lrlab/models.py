@@ -28,12 +28,12 @@ def _conv_block(inputs: int, outputs: int) -> nn.Sequential:
 
 
 def cnn(channels: int, image_size: tuple[int, int], num_classes: int, width: int = 32) -> nn.Module:
-    """A small VGG-style net: three stages of conv-BN-ReLU (widths w, 2w, 4w), pooling, linear head."""
+    """A small conv net: three conv-BN-ReLU stages (widths w, 2w, 4w), max-pooling, a linear head."""
     stages = []
     inputs = channels
     for stage, multiple in enumerate((1, 2, 4)):
         outputs = width * multiple
-        stages += [_conv_block(inputs, outputs), _conv_block(outputs, outputs)]
+        stages.append(_conv_block(inputs, outputs))
         if stage < 2 and min(image_size) >= 2 ** (stage + 2):
             stages.append(nn.MaxPool2d(2))
         inputs = outputs

@@ -1,0 +1,280 @@
+"""Schedules side by side: a grid of ordinary runs (schedule x seed), then statistics across seeds.
+
+Every run of one seed starts from the same weights and sees the same batches, so differences
+between schedules are paired. A finished run is skipped and an unfinished one resumed, so a
+comparison stopped half-way continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from lrlab.config import RunConfig, config_from_dict
+from lrlab.errors import UsageError
+from lrlab.preview import doctor
+from lrlab.runs import RunDirectory
+from lrlab.stats import PairedDifference, Summary, area_under_curve, epochs_to_target, paired_difference, seconds_to_target, summarize
+
+MANIFEST = "comparison.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a comparison: a schedule, and optionally its own optimizer."""
+
+    label: str
+    schedule: str
+    optimizer: str | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    epochs: int
+    variants: tuple[Variant, ...]
+
+
+PRESETS = {
+    "article": Preset(
+        "the article's experiment: a fixed LR against StepLR, CosineAnnealingLR, ReduceLROnPlateau and ExponentialLR "
+        "with its exact settings, stepped once per epoch after training, over 20 epochs",
+        20,
+        (
+            Variant("constant", "constant"),
+            Variant("step", "step:step_size=5,gamma=0.5"),
+            Variant("cosine-T50", "cosine:T_max=50"),
+            Variant("plateau", "plateau:mode=min,factor=0.5,patience=5,monitor=test_loss"),
+            Variant("exponential", "exponential:gamma=0.95"),
+        ),
+    ),
+    "modern": Preset(
+        "what people use today: one-cycle, linear warmup then cosine to zero, linear decay to zero, "
+        "and schedule-free AdamW (no schedule at all), over 20 epochs",
+        20,
+        (
+            Variant("constant", "constant"),
+            Variant("onecycle", "onecycle:max_lr=0.1"),
+            Variant("warmup-cosine", "warmup(linear,epochs=1)+cosine:T_max=19"),
+            Variant("linear-to-zero", "linear:start_factor=1.0,end_factor=0.0,total_iters=20"),
+            Variant("schedulefree-adamw", "constant", "adamw-schedulefree:lr=0.005,warmup_steps=200"),
+        ),
+    ),
+}
+
+
+def label_for(spec: str) -> str:
+    """A short, file-system-safe label for a schedule spec."""
+    return re.sub(r"[^A-Za-z0-9_.=,+\-]+", "_", spec).strip("_") or "constant"
+
+
+def variants_from_specs(specs: list[str]) -> list[Variant]:
+    labels = [label_for(spec) for spec in specs]
+    if len(set(labels)) != len(labels):
+        raise UsageError("the same schedule is listed twice; give each schedule once")
+    return [Variant(label, spec) for label, spec in zip(labels, specs)]
+
+
+def run_path(out: Path, variant: Variant, seed: int) -> Path:
+    return out / variant.label / f"seed-{seed}"
+
+
+def run_config(base: RunConfig, variant: Variant, seed: int, out: Path) -> RunConfig:
+    return replace(base, schedule=variant.schedule, optimizer=variant.optimizer or base.optimizer,
+                   seed=seed, out=str(run_path(out, variant, seed)), quiet=True)
+
+
+def _write_manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: list[int], baseline: str,
+                    target_acc: float | None) -> None:
+    manifest = {"base_config": {**base.to_dict(), "schedule": "constant", "seed": 0, "out": str(out)},
+                "variants": [asdict(v) for v in variants], "seeds": seeds, "baseline": baseline, "target_acc": target_acc}
+    path = out / MANIFEST
+    if path.exists():
+        existing = read_manifest(out)
+        if existing["base_config"] != manifest["base_config"]:
+            changed = [k for k in manifest["base_config"] if existing["base_config"].get(k) != manifest["base_config"][k]
+                       and k not in ("quiet", "device", "data_dir", "tensorboard")]
+            if changed:
+                raise UsageError(f"{out} holds a comparison with different {', '.join(changed)}; use another --out")
+        known = {v["label"]: v for v in existing["variants"]}
+        for variant in manifest["variants"]:
+            if variant["label"] in known and known[variant["label"]] != variant:
+                raise UsageError(f"{out} already has a different schedule labelled {variant['label']!r}; use another --out")
+            known[variant["label"]] = variant
+        manifest["variants"] = list(known.values())
+        manifest["seeds"] = sorted(set(existing["seeds"]) | set(seeds))
+    RunDirectory(out).write_text(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{out} holds no comparison ({MANIFEST} is missing); run lrlab compare first") from None
+    except ValueError:
+        raise UsageError(f"{Path(out) / MANIFEST} is damaged; run lrlab compare again with the same --out") from None
+
+
+@dataclass
+class GridOutcome:
+    label: str
+    seed: int
+    state: str
+    reason: str = ""
+
+
+def run_comparison(
+    base: RunConfig,
+    variants: list[Variant],
+    seeds: list[int],
+    out: str | Path,
+    baseline: str | None = None,
+    target_acc: float | None = None,
+    show_progress: bool = True,
+) -> list[GridOutcome]:
+    """Train every variant with every seed into `out`, skipping finished runs and resuming the rest."""
+    from lrlab.data import load_dataset
+    from lrlab.engine import Trainer
+
+    out = Path(out)
+    if not variants or not seeds:
+        raise UsageError("a comparison needs at least one schedule and one seed")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError("a seed is listed twice; give each seed once")
+    baseline = baseline or variants[0].label
+    if baseline not in [v.label for v in variants]:
+        raise UsageError(f"--baseline {baseline!r} is not one of the schedules: {', '.join(v.label for v in variants)}")
+    configs = {(v.label, s): run_config(base, v, s, out) for v in variants for s in seeds}
+    for config in configs.values():
+        config.validate()
+    RunDirectory(out).check_writable()
+    _write_manifest(out, base, variants, seeds, baseline, target_acc)
+
+    data = load_dataset(base.dataset, base.data_dir, base.image_size, base.val_fraction, base.strict)
+    steps_per_epoch = _steps_per_epoch(base, data)
+    for variant in variants:
+        for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
+            print(f"lrlab: note: {line}", file=sys.stderr)
+
+    outcomes = []
+    total_epochs = len(configs) * base.epochs
+    done_epochs = sum(min(len(RunDirectory(c.out).read_metrics()), base.epochs) for c in configs.values())
+    with tqdm(total=total_epochs, initial=done_epochs, desc="comparison", unit="epoch", disable=not show_progress,
+              file=sys.stderr, dynamic_ncols=True) as progress:
+        for index, ((label, seed), config) in enumerate(configs.items(), start=1):
+            run = RunDirectory(config.out)
+            state = run.read_status().get("state")
+            if state in ("finished", "diverged"):
+                outcomes.append(GridOutcome(label, seed, state, run.read_status().get("reason", "")))
+                continue
+            progress.set_postfix_str(f"run {index}/{len(configs)}: {label} seed {seed}")
+            on_epoch = lambda epoch, metrics: (progress.update(1), progress.set_postfix_str(
+                f"run {index}/{len(configs)}: {label} seed {seed}, epoch {epoch}, test acc {metrics['test_acc']:.2%}"))
+            try:
+                trainer = Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch)
+                result = trainer.fit()
+                outcomes.append(GridOutcome(label, seed, result.state, run.read_status().get("reason", "")))
+                if result.state == "diverged":
+                    progress.update(base.epochs - result.epochs_completed)
+                    tqdm.write(f"lrlab: {label} seed {seed} diverged: {run.read_status().get('reason', '')}", file=sys.stderr)
+            except UsageError as error:
+                run.write_status("failed", reason=str(error)) if run.path.exists() else None
+                outcomes.append(GridOutcome(label, seed, "failed", str(error)))
+                tqdm.write(f"lrlab: {label} seed {seed} failed: {error}", file=sys.stderr)
+    return outcomes
+
+
+def _steps_per_epoch(base: RunConfig, data) -> int:
+    count = min(len(data.train_labels), base.limit_train or len(data.train_labels))
+    return max(1, count // base.batch_size + (1 if count % base.batch_size > 1 else 0))
+
+
+@dataclass
+class ScheduleResult:
+    """Everything the report says about one schedule, across its seeds."""
+
+    label: str
+    schedule: str
+    optimizer: str
+    seeds: list[int]
+    states: dict[int, str]
+    final_acc: Summary | None
+    best_acc: Summary | None
+    auc: Summary | None
+    difference: PairedDifference | None  # final accuracy minus the baseline's, paired by seed
+    epochs_to_target: list[int | None]
+    seconds_to_target: list[float | None]
+    curves: dict[int, list[dict[str, float]]]  # seed -> metrics rows
+    steps: dict[int, list[dict[str, float]]]  # seed -> per-step rows (first seed only, for LR plots)
+
+    @property
+    def finished_seeds(self) -> list[int]:
+        return [s for s in self.seeds if self.states.get(s) == "finished"]
+
+
+@dataclass
+class Comparison:
+    out: Path
+    baseline: str
+    target_acc: float
+    epochs: int
+    base_config: dict[str, Any]
+    results: list[ScheduleResult]
+
+
+def aggregate(out: str | Path) -> Comparison:
+    """Read every run of the comparison in `out` and compute the figures of the report."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    base = config_from_dict(manifest["base_config"], str(out / MANIFEST))
+    variants = [Variant(**v) for v in manifest["variants"]]
+    seeds = manifest["seeds"]
+    finals: dict[str, dict[int, float]] = {}
+    gathered = []
+    for variant in variants:
+        states, curves, steps = {}, {}, {}
+        for seed in seeds:
+            run = RunDirectory(run_path(out, variant, seed))
+            states[seed] = run.read_status().get("state", "missing") if run.path.exists() else "missing"
+            rows = run.read_metrics()
+            if rows:
+                curves[seed] = rows
+                if not steps:
+                    steps[seed] = run.read_steps()
+            if states[seed] == "finished" and rows:
+                finals.setdefault(variant.label, {})[seed] = rows[-1]["test_acc"]
+        gathered.append((variant, states, curves, steps))
+    baseline = manifest["baseline"]
+    baseline_finals = finals.get(baseline, {})
+    target = manifest.get("target_acc")
+    if target is None:
+        target = math.fsum(baseline_finals.values()) / len(baseline_finals) if baseline_finals else math.nan
+    results = []
+    for variant, states, curves, steps in gathered:
+        finished = [s for s in seeds if states[s] == "finished" and s in curves]
+        final = [curves[s][-1]["test_acc"] for s in finished]
+        best = [max(r["test_acc"] for r in curves[s]) for s in finished]
+        auc = [area_under_curve([r["test_acc"] for r in curves[s]]) for s in finished]
+        paired = [s for s in finished if s in baseline_finals]
+        difference = None
+        if paired and variant.label != baseline:
+            difference = paired_difference([finals[variant.label][s] for s in paired], [baseline_finals[s] for s in paired])
+        accuracy_curves = {s: [r["test_acc"] for r in curves[s]] for s in finished}
+        results.append(ScheduleResult(
+            label=variant.label, schedule=variant.schedule, optimizer=variant.optimizer or base.optimizer,
+            seeds=seeds, states=states,
+            final_acc=summarize(final) if final else None, best_acc=summarize(best) if best else None,
+            auc=summarize(auc) if auc else None, difference=difference,
+            epochs_to_target=[epochs_to_target(accuracy_curves[s], target) for s in finished],
+            seconds_to_target=[seconds_to_target(accuracy_curves[s], [r["elapsed_seconds"] for r in curves[s]], target)
+                               for s in finished],
+            curves=curves, steps=steps,
+        ))
+    return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results)

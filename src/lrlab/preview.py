@@ -1,0 +1,121 @@
+"""See a schedule before training: `preview` gives its LR at every step, `doctor` reads it for surprises.
+
+Both drive the real `ScheduleDriver` (and so the real torch scheduler) on a throwaway parameter,
+with exactly the calls the engine makes, so a preview matches what training logs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from lrlab.errors import UsageError
+from lrlab.schedules import ScheduleDriver, ScheduleSpec, parse_schedule
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    step: int
+    epoch: int
+    lr: float
+
+
+def preview(
+    spec: ScheduleSpec | str,
+    epochs: int,
+    steps_per_epoch: int = 1,
+    lr: float = 0.1,
+    metric_per_epoch: Sequence[float] | None = None,
+) -> list[PreviewRow]:
+    """The LR used at each optimizer step of a run; ReduceLROnPlateau sees `metric_per_epoch` (flat if None)."""
+    spec = parse_schedule(spec) if isinstance(spec, str) else spec
+    if epochs < 1 or steps_per_epoch < 1:
+        raise UsageError("preview needs at least one epoch and one step per epoch")
+    if lr <= 0:
+        raise UsageError(f"--lr {lr} should be positive")
+    if metric_per_epoch is not None and len(metric_per_epoch) < epochs:
+        raise UsageError(f"the assumed metric curve has {len(metric_per_epoch)} values; give one per epoch ({epochs})")
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=lr, momentum=0.9)
+    driver = ScheduleDriver(spec, optimizer, epochs, steps_per_epoch)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "step() before optimizer.step()" note does not apply here
+        for epoch in range(1, epochs + 1):
+            for step_in_epoch in range(steps_per_epoch):
+                rows.append(PreviewRow((epoch - 1) * steps_per_epoch + step_in_epoch + 1, epoch, optimizer.param_groups[0]["lr"]))
+                optimizer.step()
+                try:
+                    driver.after_step()
+                except ValueError as error:  # OneCycleLR refuses to step past its total_steps
+                    raise UsageError(f"schedule {spec.text!r} fails at step {rows[-1].step}: {error}") from None
+            metric = 1.0 if metric_per_epoch is None else metric_per_epoch[epoch - 1]
+            driver.after_epoch({name: metric for name in ("test_loss", "test_acc", "train_loss", "train_acc")})
+    return rows
+
+
+def _epoch_lrs(rows: list[PreviewRow]) -> list[float]:
+    first = {}
+    for row in rows:
+        first.setdefault(row.epoch, row.lr)
+    return [first[e] for e in sorted(first)]
+
+
+def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> list[str]:
+    """One line per way `spec` will probably not do what its author expects over this run."""
+    spec = parse_schedule(spec) if isinstance(spec, str) else spec
+    name = spec.text
+    try:
+        rows = preview(spec, epochs, steps_per_epoch, lr=1.0)
+    except UsageError as error:
+        return [f"{name}: {error}"]
+    warnings_found: list[str] = []
+    epoch_lrs = _epoch_lrs(rows)
+    final_factor = rows[-1].lr / rows[0].lr if spec.warmup is None else rows[-1].lr / max(r.lr for r in rows)
+    warmup_steps = spec.warmup.total_steps(steps_per_epoch) if spec.warmup else 0
+    unit = "steps" if spec.per_step else "epochs"
+    length = (epochs * steps_per_epoch - warmup_steps) if spec.per_step else epochs - math.ceil(warmup_steps / steps_per_epoch)
+    arguments = spec.arguments
+
+    if spec.warmup and warmup_steps >= epochs * steps_per_epoch / 2:
+        warnings_found.append(f"{name}: the warmup takes {warmup_steps} of the run's {epochs * steps_per_epoch} steps; "
+                              "the schedule after it barely runs")
+    if spec.class_name == "CosineAnnealingLR":
+        t_max = arguments["T_max"]
+        if t_max > length:
+            warnings_found.append(
+                f"{name}: T_max={t_max} {unit} is longer than the run ({length} {unit}); the LR only falls and ends at "
+                f"{final_factor:.2f} of its start, never reaching eta_min (set T_max={length} to anneal fully)")
+        elif t_max < length:
+            warnings_found.append(f"{name}: T_max={t_max} is shorter than the run ({length} {unit}); after it the LR climbs "
+                                  "back up (cosine is periodic); use cosine-restarts if you want restarts")
+    elif spec.class_name in ("StepLR", "MultiStepLR"):
+        changes = sum(1 for a, b in zip(epoch_lrs, epoch_lrs[1:]) if a != b) if not spec.per_step else \
+            sum(1 for a, b in zip(rows, rows[1:]) if a.lr != b.lr)
+        if changes == 0:
+            warnings_found.append(f"{name}: never fires within {length} {unit}; the LR stays fixed (a smaller step size or "
+                                  "earlier milestones would act)")
+        elif changes == 1:
+            warnings_found.append(f"{name}: fires only once within {length} {unit}; the LR ends at {final_factor:.2g} of its start")
+    elif spec.class_name == "ReduceLROnPlateau":
+        patience = arguments.get("patience", 10)
+        chances = length // (patience + 1)
+        if chances <= 2:
+            warnings_found.append(
+                f"{name}: patience={patience} leaves it at most {chances} chance{'s' if chances != 1 else ''} to cut the LR "
+                f"in {length} epochs; the LR may never change")
+    elif spec.class_name == "OneCycleLR":
+        total = arguments.get("total_steps") or (arguments.get("epochs") or 0) * (arguments.get("steps_per_epoch") or 1)
+        if total and total != length:
+            warnings_found.append(f"{name}: its cycle is {total} {unit} but the run has {length}; "
+                                  "drop total_steps/epochs to let lrlab fit it to the run")
+    if spec.class_name and spec.class_name not in ("ReduceLROnPlateau", "CyclicLR", "CosineAnnealingWarmRestarts"):
+        if 0.7 <= final_factor < 0.999:
+            warnings_found.append(f"{name}: the LR ends at {final_factor:.2f} of its start; hardly a decay over this run")
+        elif final_factor < 1e-3 and spec.class_name not in ("OneCycleLR", "LinearLR", "PolynomialLR", "CosineAnnealingLR"):
+            warnings_found.append(f"{name}: the LR ends at {final_factor:.1e} of its start; the last epochs barely train")
+    return warnings_found

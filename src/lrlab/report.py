@@ -1,0 +1,259 @@
+"""The comparison report: summary.csv, summary.md with a plain verdict, plots, one self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lrlab.compare import Comparison, ScheduleResult, aggregate  # noqa: E402
+from lrlab.runs import RunDirectory  # noqa: E402
+
+PLOTS = ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "n/a (one seed)" if math.isnan(low) else f"[{_pct(low)}, {_pct(high)}]"
+
+
+def _reached(values: list) -> str:
+    reached = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(reached) < len(values):
+        return f"{len(reached)}/{len(values)} seeds reached"
+    return f"{sum(reached) / len(reached):.1f}"
+
+
+def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
+    """One row per schedule: the figures of summary.csv and summary.md (accuracies in %)."""
+    rows = []
+    for result in comparison.results:
+        final, best, auc, diff = result.final_acc, result.best_acc, result.auc, result.difference
+        states = list(result.states.values())
+        rows.append({
+            "schedule": result.label,
+            "spec": result.schedule,
+            "seeds_finished": f"{states.count('finished')}/{len(states)}",
+            "diverged": str(states.count("diverged")),
+            "failed": str(states.count("failed")),
+            "final_acc_mean": _pct(final.mean) if final else "n/a",
+            "final_acc_std": _pct(final.std) if final else "n/a",
+            "final_acc_ci95": _interval(final.ci_low, final.ci_high) if final else "n/a",
+            "best_acc_mean": _pct(best.mean) if best else "n/a",
+            "best_acc_ci95": _interval(best.ci_low, best.ci_high) if best else "n/a",
+            "diff_vs_baseline": ("baseline" if result.label == comparison.baseline else
+                                 f"{100 * diff.mean:+.2f}" if diff else "n/a"),
+            "diff_ci95": _interval(diff.ci_low, diff.ci_high) if diff else "",
+            "p_value": "" if not diff or math.isnan(diff.p_value) else f"{diff.p_value:.3g}",
+            "epochs_to_target": _reached(result.epochs_to_target),
+            "seconds_to_target": _reached(result.seconds_to_target),
+            "auc_acc_mean": _pct(auc.mean) if auc else "n/a",
+        })
+    return rows
+
+
+def verdict(comparison: Comparison) -> str:
+    """A paragraph that says no more than the intervals support."""
+    finished = [r for r in comparison.results if r.final_acc]
+    if not finished:
+        return "No run has finished yet, so there is nothing to compare."
+    seeds = max(r.final_acc.n for r in finished)
+    best = max(finished, key=lambda r: r.final_acc.mean)
+    lines = []
+    if seeds < 2:
+        lines.append("With one seed per schedule no uncertainty can be given: the numbers below are single runs, "
+                     "and a difference between them may be noise. Run at least 3 seeds (--seeds 0 1 2) to tell.")
+    lines.append(f"Highest mean final test accuracy: {best.label} ({_pct(best.final_acc.mean)}%, "
+                 f"{best.final_acc.n} seed{'s' if best.final_acc.n != 1 else ''}).")
+    better, worse, unclear = [], [], []
+    for result in finished:
+        diff = result.difference
+        if result.label == comparison.baseline or diff is None:
+            continue
+        if diff.n < 2 or math.isnan(diff.ci_low):
+            unclear.append(result.label)
+        elif diff.ci_low > 0:
+            better.append(f"{result.label} (+{100 * diff.mean:.2f} points, 95% CI {100 * diff.ci_low:+.2f} to {100 * diff.ci_high:+.2f})")
+        elif diff.ci_high < 0:
+            worse.append(f"{result.label} ({100 * diff.mean:.2f} points, 95% CI {100 * diff.ci_low:+.2f} to {100 * diff.ci_high:+.2f})")
+        else:
+            unclear.append(result.label)
+    base = comparison.baseline
+    if better:
+        lines.append(f"Better than {base} beyond the seed-to-seed noise: {'; '.join(better)}.")
+    if worse:
+        lines.append(f"Worse than {base}: {'; '.join(worse)}.")
+    if unclear:
+        lines.append(f"Not distinguishable from {base} with these seeds (the interval of the difference includes zero): "
+                     f"{', '.join(unclear)}.")
+    problems = [f"{r.label} ({', '.join(f'seed {s} {st}' for s, st in r.states.items() if st != 'finished')})"
+                for r in comparison.results if any(st != "finished" for st in r.states.values())]
+    if problems:
+        lines.append(f"Not averaged in: {'; '.join(problems)}.")
+    return " ".join(lines)
+
+
+def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
+    rows = summary_rows(comparison)
+    csv_path, md_path = comparison.out / "summary.csv", comparison.out / "summary.md"
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    RunDirectory(comparison.out).write_text(csv_path, text.getvalue())
+    headers = ["schedule", "final acc % (mean ± sd)", "95% CI", "best acc %", f"vs {comparison.baseline} (points)",
+               "95% CI of difference", "p (paired t)", f"epochs to {_pct(comparison.target_acc)}%", "mean acc over training %"]
+    lines = [f"# Schedule comparison: {comparison.out.name}", "", verdict(comparison), "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [f"`{row['spec']}`" if row["schedule"] == row["spec"] else f"{row['schedule']} (`{row['spec']}`)",
+                 f"{row['final_acc_mean']} ± {row['final_acc_std']}", row["final_acc_ci95"], row["best_acc_mean"],
+                 row["diff_vs_baseline"], row["diff_ci95"], row["p_value"], row["epochs_to_target"], row["auc_acc_mean"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", f"Target accuracy for 'epochs to': {_pct(comparison.target_acc)}% "
+              f"(the {comparison.baseline} schedule's mean final accuracy unless --target-acc was given)."]
+    RunDirectory(comparison.out).write_text(md_path, "\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _band(ax, result: ScheduleResult, column: str, scale: float = 1.0) -> None:
+    curves = [result.curves[s] for s in result.finished_seeds if s in result.curves]
+    if not curves:
+        return
+    length = min(len(c) for c in curves)
+    epochs = [row["epoch"] for row in curves[0][:length]]
+    values = [[c[i][column] * scale for c in curves] for i in range(length)]
+    means = [sum(v) / len(v) for v in values]
+    line, = ax.plot(epochs, means, label=f"{result.label} (n={len(curves)})")
+    if len(curves) > 1:
+        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
+
+
+def _figure(title: str, xlabel: str, ylabel: str):
+    figure, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return figure, ax
+
+
+def _save(figure, folder: Path, name: str) -> Path:
+    figure.tight_layout()
+    for suffix in ("png", "svg"):
+        figure.savefig(folder / f"{name}.{suffix}")
+    plt.close(figure)
+    return folder / f"{name}.png"
+
+
+def write_plots(comparison: Comparison) -> dict[str, Path]:
+    folder = comparison.out / "plots"
+    folder.mkdir(exist_ok=True)
+    written = {}
+    results = comparison.results
+    figure, ax = _figure("Learning rate at the start of each epoch (first seed)", "epoch", "learning rate")
+    for result in results:
+        seed_rows = next(iter(result.curves.values()), [])
+        ax.plot([r["epoch"] for r in seed_rows], [r["lr"] for r in seed_rows], marker=".", label=result.label)
+    ax.legend(fontsize=8)
+    written["lr_by_epoch"] = _save(figure, folder, "lr_by_epoch")
+    figure, ax = _figure("Learning rate at every optimizer step (first seed)", "step", "learning rate")
+    for result in results:
+        steps = next(iter(result.steps.values()), [])
+        ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], label=result.label, linewidth=1)
+    ax.legend(fontsize=8)
+    written["lr_by_step"] = _save(figure, folder, "lr_by_step")
+    for column, title, scale, ylabel in (
+        ("test_acc", "Test accuracy (line: mean over seeds; band: min to max)", 100, "test accuracy (%)"),
+        ("test_loss", "Test loss (line: mean over seeds; band: min to max)", 1, "test loss"),
+        ("train_loss", "Training loss (line: mean over seeds; band: min to max)", 1, "training loss"),
+    ):
+        figure, ax = _figure(title, "epoch", ylabel)
+        for result in results:
+            _band(ax, result, column, scale)
+        ax.legend(fontsize=8)
+        written[column] = _save(figure, folder, column)
+    figure, ax = _figure("Final test accuracy: mean and 95% interval over seeds", "test accuracy (%)", "")
+    shown = [r for r in results if r.final_acc]
+    for index, result in enumerate(shown):
+        final = result.final_acc
+        error = None if math.isnan(final.ci_low) else [[100 * (final.mean - final.ci_low)], [100 * (final.ci_high - final.mean)]]
+        ax.errorbar([100 * final.mean], [index], xerr=error, fmt="o", capsize=4)
+        finals = [result.curves[s][-1]["test_acc"] * 100 for s in result.finished_seeds]
+        ax.scatter(finals, [index] * len(finals), s=12, color="grey", zorder=3)
+    ax.set_yticks(range(len(shown)), [r.label for r in shown])
+    ax.set_ylabel("")
+    written["final_acc"] = _save(figure, folder, "final_acc")
+    return written
+
+
+def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
+    """One file with everything inline: no script, no remote resource, every user string escaped."""
+    rows = summary_rows(comparison)
+    columns = list(rows[0])
+    table = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
+    for row in rows:
+        table.append("<tr>" + "".join(f"<td>{html.escape(row[c])}</td>" for c in columns) + "</tr>")
+    table.append("</tbody></table>")
+    images = []
+    for name, path in plots.items():
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        images.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}"></figure>')
+    configs = []
+    for result in comparison.results:
+        for seed in result.seeds:
+            config_path = comparison.out / result.label / f"seed-{seed}" / "config.yaml"
+            text = config_path.read_text() if config_path.exists() else "(not started)"
+            configs.append(f"<details><summary>{html.escape(result.label)} seed {seed}: "
+                           f"{html.escape(result.states.get(seed, 'missing'))}</summary><pre>{html.escape(text)}</pre></details>")
+    base = html.escape(json.dumps(comparison.base_config, indent=2))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>lrlab report: {html.escape(comparison.out.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }} th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
+figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }} pre {{ background: #f7f7f7; padding: 0.5em; }}
+.verdict {{ background: #eef5ff; padding: 0.8em 1em; border-left: 4px solid #36c; }}
+</style></head><body>
+<h1>Which learning-rate schedule? {html.escape(comparison.out.name)}</h1>
+<p class="verdict">{html.escape(verdict(comparison))}</p>
+<h2>Summary</h2>
+{''.join(table)}
+<p>Accuracies in %. Differences are final test accuracy minus the baseline's ({html.escape(comparison.baseline)}),
+paired by seed. Target for "epochs to target": {_pct(comparison.target_acc)}%.</p>
+<h2>Plots</h2>
+{''.join(images)}
+<h2>Configuration</h2>
+<pre>{base}</pre>
+{''.join(configs)}
+</body></html>
+"""
+    path = comparison.out / "report.html"
+    RunDirectory(comparison.out).write_text(path, page)
+    return path
+
+
+def build_report(out: str | Path) -> Comparison:
+    """Aggregate the runs in `out` and write summary.csv, summary.md, plots/ and report.html."""
+    comparison = aggregate(out)
+    write_summaries(comparison)
+    plots = write_plots(comparison)
+    write_html(comparison, plots)
+    return comparison
