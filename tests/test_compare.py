@@ -1,0 +1,251 @@
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lrlab import RunConfig, Trainer, train
+from lrlab.cli import main
+from lrlab.compare import PRESETS, Variant, aggregate, run_comparison, run_config, variants_from_specs
+from lrlab.errors import UsageError
+from lrlab.preview import doctor, preview
+from lrlab.report import build_report, verdict
+from lrlab.runs import RunDirectory
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture
+def base(tmp_path):
+    return RunConfig(dataset="digits", model="cnn", width=4, epochs=3, batch_size=64, limit_train=512,
+                     optimizer="sgd:lr=0.05,momentum=0.9", out=str(tmp_path / "cmp"), quiet=True)
+
+
+def test_grid_writes_one_run_per_schedule_and_seed_with_paired_batches(base, tmp_path):
+    variants = variants_from_specs(["constant", "step:step_size=1,gamma=0.5"])
+    outcomes = run_comparison(base, variants, [0, 1], base.out, show_progress=False)
+    assert [(o.label, o.seed, o.state) for o in outcomes] == [
+        ("constant", 0, "finished"), ("constant", 1, "finished"),
+        ("step_step_size=1,gamma=0.5", 0, "finished"), ("step_step_size=1,gamma=0.5", 1, "finished")]
+    out = Path(base.out)
+    # Epoch 1 runs at the same LR under both schedules: same weights, same batches, so identical numbers.
+    for seed in (0, 1):
+        constant = RunDirectory(out / "constant" / f"seed-{seed}").read_steps()
+        step = RunDirectory(out / "step_step_size=1,gamma=0.5" / f"seed-{seed}").read_steps()
+        first_epoch = lambda rows: [r["loss"] for r in rows if r["epoch"] == 1]
+        assert first_epoch(constant) == first_epoch(step)
+    seed_0 = RunDirectory(out / "constant" / "seed-0").read_steps()
+    seed_1 = RunDirectory(out / "constant" / "seed-1").read_steps()
+    assert seed_0[0]["loss"] != seed_1[0]["loss"]
+
+
+def test_a_comparison_stopped_half_way_continues_where_it_stopped(base, tmp_path):
+    variants = variants_from_specs(["constant", "cosine:T_max=3"])
+    reference = replace(base, out=str(tmp_path / "reference"))
+    run_comparison(reference, variants, [0], reference.out, show_progress=False)
+    run_comparison(base, variants[:1], [0], base.out, show_progress=False)
+    finished = RunDirectory(Path(base.out) / "constant" / "seed-0")
+    finished_bytes = finished.metrics_path.read_bytes()
+
+    def stop_after_first_epoch(epoch, metrics):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the second run
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(run_config(base, variants[1], 0, Path(base.out)), on_epoch=stop_after_first_epoch).fit()
+    half = RunDirectory(Path(base.out) / "cosine_T_max=3" / "seed-0")
+    assert len(half.read_metrics()) == 1 and half.read_status()["state"] == "interrupted"
+    run_comparison(base, variants, [0], base.out, show_progress=False)
+    assert finished.metrics_path.read_bytes() == finished_bytes  # the finished run was skipped, not redone
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+    expected = RunDirectory(Path(reference.out) / "cosine_T_max=3" / "seed-0").read_metrics()
+    assert strip(half.read_metrics()) == strip(expected)
+
+
+def test_a_diverged_run_is_reported_and_not_averaged_in(base):
+    variants = [Variant("sane", "constant"), Variant("explodes", "exponential:gamma=1e10")]
+    config = replace(base, model="mlp", width=16)
+    outcomes = run_comparison(config, variants, [0, 1], base.out, show_progress=False)
+    assert {o.state for o in outcomes if o.label == "explodes"} == {"diverged"}
+    comparison = build_report(base.out)
+    exploding = next(r for r in comparison.results if r.label == "explodes")
+    assert exploding.final_acc is None and exploding.difference is None
+    assert "explodes (seed 0 diverged, seed 1 diverged)" in verdict(comparison)
+    summary = (Path(base.out) / "summary.csv").read_text()
+    assert re.search(r"explodes,exponential:gamma=1e10,0/2,2,0,n/a", summary)
+
+
+def test_article_preset_is_the_articles_experiment_exactly():
+    preset = PRESETS["article"]
+    assert preset.epochs == 20
+    assert [v.schedule for v in preset.variants] == [
+        "constant", "step:step_size=5,gamma=0.5", "cosine:T_max=50",
+        "plateau:mode=min,factor=0.5,patience=5,monitor=test_loss", "exponential:gamma=0.95"]
+    from lrlab.schedules import parse_schedule
+
+    assert not any(parse_schedule(v.schedule).per_step for v in preset.variants)  # once per epoch, after training
+
+
+def test_modern_preset_includes_schedule_free_adamw_and_every_spec_is_valid():
+    from lrlab.optimizers import parse_optimizer
+    from lrlab.schedules import parse_schedule
+
+    preset = PRESETS["modern"]
+    for variant in preset.variants:
+        parse_schedule(variant.schedule)
+        if variant.optimizer:
+            assert parse_optimizer(variant.optimizer).schedule_free
+    assert any(parse_schedule(v.schedule).class_name == "OneCycleLR" for v in preset.variants)
+
+
+def test_one_seed_says_no_uncertainty_can_be_given(base):
+    run_comparison(base, variants_from_specs(["constant", "cosine:T_max=3"]), [0], base.out, show_progress=False)
+    comparison = build_report(base.out)
+    assert "no uncertainty can be given" in verdict(comparison)
+    assert "n/a (one seed)" in (Path(base.out) / "summary.md").read_text()
+
+
+def test_a_schedule_that_is_clearly_better_is_called_better_and_only_then(base):
+    # An LR 1000x too small barely trains: the sane LR must be judged better beyond noise.
+    variants = [Variant("tiny-lr", "constant", "sgd:lr=0.00005"), Variant("sane", "constant")]
+    run_comparison(base, variants, [0, 1, 2], base.out, show_progress=False)
+    comparison = build_report(base.out)
+    text = verdict(comparison)
+    assert "Better than tiny-lr beyond the seed-to-seed noise: sane" in text
+    sane = next(r for r in comparison.results if r.label == "sane")
+    assert sane.difference.ci_low > 0 and sane.difference.p_value < 0.05
+
+
+def test_report_files_exist_and_user_text_is_escaped(base):
+    hostile = "<script>alert(1)</script>"
+    variants = [Variant("constant", "constant"), Variant("x<img src=y onerror=alert(2)>", "cosine:T_max=3")]
+    run_comparison(replace(base, data_dir=hostile), variants, [0], base.out, show_progress=False)
+    build_report(base.out)
+    out = Path(base.out)
+    for name in ("summary.csv", "summary.md", "report.html"):
+        assert (out / name).exists()
+    for plot in ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000 and (out / "plots" / f"{plot}.svg").exists()
+    page = (out / "report.html").read_text()
+    assert hostile not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=y" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing remote
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_report_loads_in_headless_chromium_with_its_table_and_images(base, tmp_path):
+    run_comparison(base, variants_from_specs(["constant", "cosine:T_max=3"]), [0, 1], base.out, show_progress=False)
+    build_report(base.out)
+    report = Path(base.out) / "report.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr>") == 3 and dom.count('src="data:image/png;base64,') == 6
+    screenshot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", "--window-size=1200,2000", report.as_uri()],
+                   capture_output=True, timeout=120)
+    assert screenshot.stat().st_size > 20_000  # a blank page compresses to a few kilobytes
+
+
+def test_report_command_rebuilds_from_the_runs(base, capsys):
+    run_comparison(base, variants_from_specs(["constant"]), [0], base.out, show_progress=False)
+    build_report(base.out)
+    (Path(base.out) / "summary.md").unlink()
+    assert main(["report", base.out]) == 0
+    assert (Path(base.out) / "summary.md").exists()
+
+
+def test_report_of_a_folder_without_a_comparison_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="holds no comparison"):
+        aggregate(tmp_path)
+
+
+def test_compare_command_runs_the_grid_and_prints_the_verdict(tmp_path, capsys):
+    status = main(["compare", "--schedules", "constant", "step:step_size=1,gamma=0.5", "--epochs", "2", "--seeds", "0", "1",
+                   "--dataset", "digits", "--width", "4", "--limit-train", "256", "--out", str(tmp_path / "c")])
+    assert status == 0
+    output = capsys.readouterr().out
+    assert "Highest mean final test accuracy" in output and "report.html" in output
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["--schedules", "constant", "--preset", "article"], "either --preset NAME or --schedules"),
+    (["--schedules", "constant", "constant"], "listed twice"),
+    (["--schedules", "constant", "--seeds", "0", "0"], "seed is listed twice"),
+    (["--schedules", "constant", "--baseline", "nope"], "is not one of the schedules"),
+    (["--schedules", "stpe:step_size=2"], "did you mean 'step'"),
+    (["--schedules", "constant", "--target-acc", "93"], "should be a fraction"),
+])
+def test_compare_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments, says):
+    assert main(["compare", *arguments, "--dataset", "digits", "--out", str(tmp_path / "c")]) == 2
+    error = capsys.readouterr().err
+    assert says in error and len(error.strip().splitlines()) == 1
+
+
+def test_grid_progress_shows_run_epoch_and_time_left(base, capfd):
+    run_comparison(base, variants_from_specs(["constant"]), [0], base.out, show_progress=True)
+    error = capfd.readouterr().err
+    assert "run 1/1: constant seed 0, epoch 3" in error and "<" in error  # tqdm's elapsed<remaining
+
+
+@pytest.mark.parametrize("spec", ["step:step_size=1,gamma=0.5", "onecycle:max_lr=0.1", "warmup(linear,epochs=1)+cosine:T_max=2",
+                                  "plateau:factor=0.5,patience=0,threshold=0.9"])
+def test_preview_matches_what_training_logs_exactly(tiny_config, spec):
+    config = tiny_config(schedule=spec, epochs=3)
+    trainer = Trainer(config)
+    trainer.fit()
+    logged = RunDirectory(config.out).read_steps()
+    metrics = [row["test_loss"] for row in RunDirectory(config.out).read_metrics()]
+    predicted = preview(spec, 3, trainer.steps_per_epoch, lr=0.05, metric_per_epoch=metrics)
+    assert [(r.step, r.epoch, r.lr) for r in predicted] == [(row["step"], row["epoch"], row["lr"]) for row in logged]
+
+
+def test_plateau_preview_assumes_a_flat_metric_by_default():
+    rows = preview("plateau:factor=0.5,patience=1", 6, 1, lr=1.0)
+    assert [r.lr for r in rows] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_preview_command_writes_csv_and_plot(tmp_path, capsys):
+    status = main(["preview", "cosine:T_max=50", "exponential:gamma=0.95", "--epochs", "20", "--lr", "0.05",
+                   "--steps-per-epoch", "235", "--plot", str(tmp_path / "lr.png"), "--csv", str(tmp_path / "lr.csv")])
+    assert status == 0
+    lines = (tmp_path / "lr.csv").read_text().splitlines()
+    assert lines[0] == "spec,step,epoch,lr" and len(lines) == 1 + 2 * 20 * 235
+    assert (tmp_path / "lr.png").stat().st_size > 5000
+    assert "0.377" in capsys.readouterr().out  # 0.95 ** 19: the LR of the 20th epoch relative to the start
+
+
+@pytest.mark.parametrize("spec, epochs, says", [
+    ("cosine:T_max=50", 20, "longer than the run (20 epochs); the LR only falls and ends at 0.68"),
+    ("cosine:T_max=5", 20, "climbs back up"),
+    ("step:step_size=25", 20, "never fires"),
+    ("multistep:milestones=[15,40]", 20, "fires only once"),
+    ("plateau:patience=8", 20, "at most 2 chances"),
+    ("onecycle:max_lr=0.1,total_steps=10", 20, "fails at step 11"),
+    ("warmup(linear,epochs=15)+cosine:T_max=5", 20, "the warmup takes"),
+    ("exponential:gamma=0.99", 20, "ends at 0.83 of its start"),
+    ("exponential:gamma=0.5", 20, "the last epochs barely train"),
+])
+def test_doctor_warns_in_one_line_where_a_schedule_surprises(spec, epochs, says):
+    lines = doctor(spec, epochs)
+    assert any(says in line for line in lines), lines
+    assert all("\n" not in line for line in lines)
+
+
+@pytest.mark.parametrize("spec", ["step:step_size=5,gamma=0.5", "cosine:T_max=20", "onecycle:max_lr=0.1", "constant",
+                                  "warmup(linear,epochs=2)+cosine:T_max=18"])
+def test_doctor_is_quiet_about_sensible_schedules(spec):
+    assert doctor(spec, 20, 10) == []
+
+
+def test_train_prints_doctors_warnings_before_it_starts(tiny_config, capsys):
+    train(tiny_config(schedule="cosine:T_max=50", quiet=False, epochs=1))
+    error = capsys.readouterr().err
+    assert error.index("lrlab: note: cosine:T_max=50") < error.index("epoch   1/1")
+
+
+def test_doctor_command_exits_1_when_it_warns(capsys):
+    assert main(["doctor", "cosine:T_max=50", "--epochs", "20"]) == 1
+    assert main(["doctor", "cosine:T_max=20", "--epochs", "20"]) == 0
