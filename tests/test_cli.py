@@ -114,3 +114,12 @@ def test_every_command_has_an_example_in_its_help():
     for command in ("train", "datasets", "schedules"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "example" in result.stdout
+
+
+def test_every_shipped_config_file_is_valid():
+    from lrlab.config import load_config
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
