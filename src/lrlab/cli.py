@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 from lrlab.config import RunConfig, config_from_dict, load_config
@@ -53,6 +53,11 @@ COMPARE_EXAMPLES = """examples:
 PREVIEW_EXAMPLES = """example:
   lrlab preview "cosine:T_max=50" "exponential:gamma=0.95" --epochs 20 --lr 0.05 \\
       --steps-per-epoch 235 --plot lr.png --csv lr.csv
+"""
+FIND_LR_EXAMPLES = """examples:
+  lrlab find-lr --dataset fashion-mnist --model cnn --optimizer sgd:momentum=0.9 --out runs/lr
+  lrlab find-lr --dataset digits --repeats 3 --out runs/lr-digits      # median and spread over 3 seeds
+  lrlab train ... --optimizer sgd:lr=auto,momentum=0.9                 # range test first, then train at its pick
 """
 PRESET_NAMES = ("article", "modern")
 
@@ -102,8 +107,20 @@ def build_parser() -> Parser:
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each is one paired run per schedule (default: 0 1 2)")
     compare.add_argument("--baseline", help="label of the schedule the others are compared with (default: the first)")
     compare.add_argument("--target-acc", type=float, help="accuracy (0-1) for 'epochs to target' (default: the baseline's final mean)")
+    compare.add_argument("--lr", help="the optimizer's LR for every run, or 'auto' to run the LR range test once first")
     compare.add_argument("--config", help="YAML file with the training options; options given here override it")
     _add_config_options(compare, skip=("schedule", "seed", "quiet"))
+
+    find_lr = commands.add_parser("find-lr", help="LR range test: which starting LR to use",
+                                  epilog=FIND_LR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    find_lr.add_argument("--start", type=float, default=1e-7, help="first LR of the sweep (default: 1e-7)")
+    find_lr.add_argument("--end", type=float, default=10.0, help="last LR of the sweep (default: 10)")
+    find_lr.add_argument("--steps", type=int, default=100, help="batches in the sweep (default: 100)")
+    find_lr.add_argument("--mode", default="exp", help="exp (geometric, default) or linear LR growth")
+    find_lr.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this times its minimum (default: 4)")
+    find_lr.add_argument("--repeats", type=int, default=1, help="run the test with N seeds and report the median and spread")
+    find_lr.add_argument("--config", help="YAML file with the training options; options given here override it")
+    _add_config_options(find_lr, skip=("schedule", "epochs", "quiet", "tensorboard"))
 
     report = commands.add_parser("report", help="rebuild the report of a comparison from its runs",
                                  epilog="example:\n  lrlab report runs/article", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +190,8 @@ def _compare(arguments: argparse.Namespace) -> int:
     if arguments.target_acc is not None and not 0 < arguments.target_acc <= 1:
         raise UsageError(f"--target-acc {arguments.target_acc} should be a fraction in (0, 1], e.g. 0.9")
     base = config_from_arguments(arguments, defaults)
+    if arguments.lr is not None:
+        base = replace(base, optimizer=_comparison_lr(arguments.lr, base))
     outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc)
     comparison = build_report(base.out)
     from lrlab.report import verdict
@@ -180,6 +199,42 @@ def _compare(arguments: argparse.Namespace) -> int:
     print(verdict(comparison))
     print(f"report: {Path(base.out) / 'report.html'}  table: {Path(base.out) / 'summary.md'}")
     return 0 if all(o.state == "finished" for o in outcomes) else 1
+
+
+def _comparison_lr(lr: str, base: RunConfig) -> str:
+    """The optimizer spec every run of the comparison uses, with --lr applied."""
+    from lrlab.engine import find_lr
+    from lrlab.optimizers import with_lr
+
+    if lr == "auto":
+        record = find_lr(replace(base, out=str(Path(base.out) / "lr_find")))
+        print(f"lrlab: --lr auto picked {record['pick']:.4g} for every run ({record['why']})", file=sys.stderr)
+        return with_lr(base.optimizer, record["pick"])
+    try:
+        value = float(lr)
+    except ValueError:
+        raise UsageError(f"--lr {lr!r} should be a number or auto") from None
+    if value <= 0:
+        raise UsageError(f"--lr {lr} should be positive")
+    return with_lr(base.optimizer, value)
+
+
+def _find_lr(arguments: argparse.Namespace) -> int:
+    from lrlab.engine import find_lr
+
+    if not hasattr(arguments, "out"):
+        raise UsageError("find-lr needs --out DIR for lr_find.csv, .png and .json")
+    config = config_from_arguments(arguments, {"quiet": True, "epochs": 1})
+    record = find_lr(config, arguments.start, arguments.end, arguments.steps, arguments.mode, arguments.diverge, arguments.repeats)
+    for rule, suggestion in record["suggestions"].items():
+        spread = record["spread"][rule]
+        extra = f" (seeds agree within x{spread['spread_factor']:.2f})" if record["repeats"] > 1 else ""
+        print(f"{rule:>10}: {suggestion['lr']:.4g}{extra}  {suggestion['rule']}", file=sys.stderr)
+    for note in record["notes"]:
+        print(f"lrlab: note: {note}", file=sys.stderr)
+    print(f"auto takes {record['rule']}: {record['why']}; plot: {Path(config.out) / 'lr_find.png'}", file=sys.stderr)
+    print(f"lr={record['pick']:.6g}")
+    return 0
 
 
 def _report(arguments: argparse.Namespace) -> int:
@@ -285,7 +340,7 @@ def _schedules(arguments: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lrlab` command; returns the exit status."""
     arguments = build_parser().parse_args(argv)
-    handlers = {"train": _train, "compare": _compare, "report": _report, "preview": _preview, "doctor": _doctor,
+    handlers = {"train": _train, "compare": _compare, "find-lr": _find_lr, "report": _report, "preview": _preview, "doctor": _doctor,
                 "datasets": _datasets, "schedules": _schedules}
     try:
         return handlers[arguments.command](arguments)

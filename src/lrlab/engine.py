@@ -7,12 +7,13 @@ divergence detection and progress.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -25,7 +26,8 @@ from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError
 from lrlab.models import build_model
 from lrlab.preview import doctor
-from lrlab.optimizers import build_optimizer, parse_optimizer, set_training_mode
+from lrlab import lrfinder
+from lrlab.optimizers import build_optimizer, parse_optimizer, set_training_mode, with_lr
 from lrlab.runs import RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
 
@@ -179,10 +181,12 @@ class Trainer:
         random.seed(config.seed)
         model = build_model(config.model, self.data.channels, self.data.image_size, self.data.num_classes, config.width)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.optimizer_spec = parse_optimizer(config.optimizer)
+        if self.optimizer_spec.arguments.get("lr") == "auto":
+            self.optimizer_spec = parse_optimizer(with_lr(config.optimizer, self._auto_lr()))
         self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
         self.schedule = ScheduleDriver(parse_schedule(config.schedule), self.optimizer, config.epochs, len(self.train_loader))
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         if not config.quiet:
             for line in doctor(self.schedule.spec, config.epochs, self.steps_per_epoch):
                 print(f"lrlab: note: {line}", file=sys.stderr)
@@ -190,6 +194,24 @@ class Trainer:
         self.best_test_acc = -1.0
         self.best_epoch = 0
         self.elapsed_seconds = 0.0
+
+    def range_test(self, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
+                   diverge: float = 4.0) -> lrfinder.RangeTest:
+        """An LR range test on this run's model and batches; nothing of the run is changed by it."""
+        spec = parse_optimizer(with_lr(self.config.optimizer, start))
+        return lrfinder.range_test(self.model, lambda parameters: build_optimizer(spec, parameters), self.train_loader,
+                                   self.loss_fn, start, end, steps, mode, diverge, self.autocast)
+
+    def _auto_lr(self) -> float:
+        """lr=auto: the range test's pick, recorded in the run directory (and reused on resume)."""
+        record = self.run.path / "lr_find.json"
+        if self.resume and record.exists():
+            return json.loads(record.read_text())["pick"]
+        test = self.range_test()
+        picked = lrfinder.write_outputs(self.run.path, [test])["pick"]
+        if not self.config.quiet:
+            print(f"lrlab: lr=auto picked {picked:.4g} ({lrfinder.RULES[lrfinder.AUTO_RULE]}); see {record}", file=sys.stderr)
+        return picked
 
     @property
     def steps_per_epoch(self) -> int:
@@ -364,6 +386,22 @@ class Trainer:
             final_test_acc=metrics[-1]["test_acc"] if metrics else float("nan"),
             seconds=self.elapsed_seconds,
         )
+
+
+def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
+            diverge: float = 4.0, repeats: int = 1, data: ImageData | None = None) -> dict[str, Any]:
+    """LR range test(s) for `config` (seeds seed, seed+1, ...); writes lr_find.* into config.out."""
+    lrfinder.check_settings(start, end, steps, mode, diverge)
+    if repeats < 1:
+        raise UsageError(f"--repeats {repeats} should be at least 1")
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict)
+    fixed = replace(config, optimizer=with_lr(config.optimizer, start))
+    tests = []
+    for repeat in range(repeats):
+        trainer = Trainer(replace(fixed, seed=config.seed + repeat), data)
+        tests.append(trainer.range_test(start, end, steps, mode, diverge))
+    return lrfinder.write_outputs(config.out, tests)
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data: ImageData | None = None) -> RunResult:

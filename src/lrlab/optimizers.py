@@ -79,3 +79,10 @@ def set_training_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
     switch = getattr(optimizer, "train" if training else "eval", None)
     if callable(switch):
         switch()
+
+
+def with_lr(spec_text: str, lr: float) -> str:
+    """The same optimizer spec with its LR set to `lr` (used to fill in `lr=auto`)."""
+    spec = parse_optimizer(spec_text)
+    arguments = {**spec.arguments, "lr": lr}
+    return f"{spec.name}:" + ",".join(f"{key}={value!r}" for key, value in arguments.items())

@@ -1,0 +1,138 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrlab import Trainer, train
+from lrlab.cli import main
+from lrlab.engine import find_lr
+from lrlab.errors import UsageError
+from lrlab.lrfinder import smooth, suggest, sweep
+from lrlab.runs import RunDirectory
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_exponential_sweep_is_geometric_from_start_to_end():
+    lrs = sweep(1e-6, 1.0, 7, "exp")
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1.0)
+    assert all(b / a == pytest.approx(10.0) for a, b in zip(lrs, lrs[1:]))
+    assert sweep(0.0001, 1.0, 5, "linear")[1] == pytest.approx(0.250075)
+
+
+def test_bias_corrected_smoothing_leaves_a_constant_curve_unchanged():
+    assert smooth([2.0] * 10) == pytest.approx([2.0] * 10)
+    rising = smooth([1.0, 3.0])
+    assert rising[1] == pytest.approx((0.98 * 0.02 * 1.0 + 0.02 * 3.0) / (1 - 0.98**2))
+
+
+def test_suggestions_sit_where_each_rule_says_on_a_known_curve():
+    lrs = sweep(1e-4, 1.0, 81, "exp")
+    # Flat until 1e-3, falls linearly in log(LR) until 1e-1, then blows up.
+    log = [math.log10(lr) for lr in lrs]
+    curve = [2.0 if x <= -3 else 2.0 - (x + 3) if x <= -1 else 0.0 + 10 * (x + 1) for x in log]
+    picks = suggest(lrs, curve)
+    assert picks["minimum/10"] == pytest.approx(1e-2, rel=0.05)
+    assert 1e-3 <= picks["steepest"] <= 1e-1
+    # The plateau is at 2.0 and the minimum 0.0, so the valley starts at loss 1.8 (log LR -2.8).
+    assert picks["valley"] == pytest.approx(10 ** (-2.8 + 0.45 * 1.8), rel=0.15)
+
+
+def snapshot(trainer):
+    return (
+        {k: v.clone() for k, v in trainer.model.state_dict().items()},
+        json.dumps(trainer.optimizer.state_dict(), default=str),
+        torch.get_rng_state().clone(),
+        trainer.model.training,
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd:lr=0.05,momentum=0.9", "adamw-schedulefree:lr=0.01"])
+def test_the_range_test_leaves_model_optimizer_bn_statistics_and_rng_exactly_as_they_were(tiny_config, optimizer):
+    trainer = Trainer(tiny_config(optimizer=optimizer))
+    before = snapshot(trainer)
+    running_mean_before = trainer.model[0][1].running_mean.clone()
+    test = trainer.range_test(steps=30)
+    after = snapshot(trainer)
+    assert len(test.lrs) >= 10
+    assert before[0].keys() == after[0].keys() and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert torch.equal(trainer.model[0][1].running_mean, running_mean_before)  # BatchNorm statistics too
+    assert before[1] == after[1] and torch.equal(before[2], after[2]) and before[3] == after[3]
+
+
+def test_a_run_after_a_range_test_equals_a_run_without_one(tiny_config, tmp_path):
+    plain = tiny_config(out=str(tmp_path / "plain"))
+    train(plain)
+    tested = Trainer(tiny_config(out=str(tmp_path / "tested")))
+    tested.range_test(steps=20)
+    tested.fit()
+    strip = lambda c: [{k: v for k, v in r.items() if "seconds" not in k} for r in RunDirectory(c).read_metrics()]
+    assert strip(plain.out) == strip(tested.config.out)
+
+
+def test_the_test_stops_early_once_the_loss_runs_away(tiny_config):
+    test = Trainer(tiny_config(model="mlp", width=16)).range_test(start=1e-4, end=1e4, steps=100)
+    assert test.stopped_early and len(test.lrs) < 100
+    assert test.lrs[-1] < 1e4
+
+
+def test_outputs_and_the_printed_pick_agree(tiny_config, tmp_path, capsys):
+    out = tmp_path / "lr"
+    assert main(["find-lr", "--dataset", "digits", "--model", "cnn", "--width", "4", "--optimizer", "sgd:momentum=0.9",
+                 "--steps", "40", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("lr=")
+    record = json.loads((out / "lr_find.json").read_text())
+    assert float(printed[0][3:]) == pytest.approx(record["pick"], rel=1e-5)
+    assert record["rule"] == "valley" and set(record["suggestions"]) == {"valley", "steepest", "minimum/10"}
+    lines = (out / "lr_find.csv").read_text().splitlines()
+    assert lines[0] == "repeat,lr,loss,smoothed_loss" and len(lines) > 11
+    assert (out / "lr_find.png").stat().st_size > 5000 and (out / "lr_find.svg").exists()
+
+
+def test_more_steps_than_batches_wraps_around_and_says_so(tiny_config, tmp_path):
+    record = find_lr(tiny_config(limit_train=256, out=str(tmp_path / "lr")), steps=30)
+    assert any("wrapped around the data" in note for note in record["notes"])
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["--start", "1", "--end", "0.1"], "must be below --end"),
+    (["--start", "0"], "must both be positive"),
+    (["--steps", "5"], "too few to read a slope"),
+    (["--mode", "cubic"], "should be exp or linear"),
+    (["--repeats", "0"], "should be at least 1"),
+    (["--diverge", "1"], "should be above 1"),
+])
+def test_bad_range_test_settings_are_one_line_and_status_2(tmp_path, capsys, arguments, says):
+    assert main(["find-lr", "--dataset", "digits", "--out", str(tmp_path / "lr"), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert says in error and len(error.strip().splitlines()) == 1
+
+
+def test_train_with_lr_auto_runs_the_test_first_and_trains_at_its_pick(tiny_config):
+    config = tiny_config(optimizer="sgd:lr=auto,momentum=0.9", epochs=2)
+    result = train(config)
+    pick = json.loads((Path(config.out) / "lr_find.json").read_text())["pick"]
+    assert result.state == "finished"
+    assert RunDirectory(config.out).read_metrics()[0]["lr"] == pytest.approx(pick)
+    assert train(config, resume=True).state == "finished"  # the pick is read back, not searched again
+
+
+def test_compare_with_lr_auto_gives_every_run_the_same_picked_lr(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["compare", "--schedules", "constant", "cosine:T_max=2", "--epochs", "2", "--seeds", "0", "--lr", "auto",
+                 "--dataset", "digits", "--width", "4", "--out", str(out)]) == 0
+    pick = json.loads((out / "lr_find" / "lr_find.json").read_text())["pick"]
+    for label in ("constant", "cosine_T_max=2"):
+        assert RunDirectory(out / label / "seed-0").read_metrics()[0]["lr"] == pytest.approx(pick, rel=1e-9)
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_picks_agree_within_a_factor_of_three_across_seeds_on_real_fashion_mnist(tiny_config, tmp_path):
+    config = tiny_config(dataset="fashion-mnist", width=8, batch_size=128, limit_train=4000,
+                         optimizer="sgd:momentum=0.9", out=str(tmp_path / "lr"))
+    record = find_lr(config, repeats=3)
+    assert record["spread"]["valley"]["spread_factor"] <= 3
+    assert 1e-4 < record["pick"] < 1.0
