@@ -9,8 +9,8 @@ def tiny_config(tmp_path):
     """A run that takes well under a second: digits, a narrow CNN, a few epochs."""
 
     def make(**overrides):
-        values = dict(dataset="digits", model="cnn", width=4, epochs=3, batch_size=64, seed=0,
-                      optimizer="sgd:lr=0.05,momentum=0.9", out=str(tmp_path / "run"), quiet=True)
+        values = {"dataset": "digits", "model": "cnn", "width": 4, "epochs": 3, "batch_size": 64, "seed": 0,
+                  "optimizer": "sgd:lr=0.05,momentum=0.9", "out": str(tmp_path / "run"), "quiet": True}
         values.update(overrides)
         return RunConfig(**values)
 

@@ -1,5 +1,4 @@
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ TINY = ["--dataset", "digits", "--model", "cnn", "--width", "4", "--epochs", "2"
 
 def run_cli(*arguments):
     """The real console script, as a user runs it."""
-    return subprocess.run(["lrlab", *arguments], capture_output=True, text=True, timeout=120)
+    return subprocess.run(["lrlab", *arguments], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_train_command_trains_and_prints_a_summary(tmp_path, capsys):

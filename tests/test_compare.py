@@ -8,7 +8,14 @@ import pytest
 
 from lrlab import RunConfig, Trainer, train
 from lrlab.cli import main
-from lrlab.compare import PRESETS, Variant, aggregate, run_comparison, run_config, variants_from_specs
+from lrlab.compare import (
+    PRESETS,
+    Variant,
+    aggregate,
+    run_comparison,
+    run_config,
+    variants_from_specs,
+)
 from lrlab.errors import UsageError
 from lrlab.preview import doctor, preview
 from lrlab.report import build_report, verdict
@@ -141,11 +148,11 @@ def test_report_loads_in_headless_chromium_with_its_table_and_images(base, tmp_p
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
     assert dom.count("<tr>") == 3 and dom.count('src="data:image/png;base64,') == 6
     screenshot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", "--window-size=1200,2000", report.as_uri()],
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=120, check=False)
     assert screenshot.stat().st_size > 20_000  # a blank page compresses to a few kilobytes
 
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import http_server, idx_bytes, write_cifar10_archive, write_idx_set
 from PIL import Image
 
 from lrlab.data import BatchLoader, describe_datasets, idx, load_dataset
 from lrlab.data.idx import read_idx
 from lrlab.errors import UsageError
-
-from helpers import http_server, idx_bytes, write_cifar10_archive, write_idx_set
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

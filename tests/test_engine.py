@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrlab import RunConfig, Trainer, load_config, train
+from lrlab import Trainer, load_config, train
 from lrlab.engine import evaluate
 from lrlab.errors import UsageError
 from lrlab.optimizers import set_training_mode

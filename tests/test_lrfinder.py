@@ -1,5 +1,6 @@
 import json
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,6 @@ import torch
 from lrlab import Trainer, train
 from lrlab.cli import main
 from lrlab.engine import find_lr
-from lrlab.errors import UsageError
 from lrlab.lrfinder import smooth, suggest, sweep
 from lrlab.runs import RunDirectory
 
@@ -18,7 +18,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 def test_exponential_sweep_is_geometric_from_start_to_end():
     lrs = sweep(1e-6, 1.0, 7, "exp")
     assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1.0)
-    assert all(b / a == pytest.approx(10.0) for a, b in zip(lrs, lrs[1:]))
+    assert all(b / a == pytest.approx(10.0) for a, b in pairwise(lrs))
     assert sweep(0.0001, 1.0, 5, "linear")[1] == pytest.approx(0.250075)
 
 

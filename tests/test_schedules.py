@@ -5,7 +5,12 @@ from torch.optim import lr_scheduler
 from lrlab import parse_schedule, train
 from lrlab.errors import UsageError
 from lrlab.runs import RunDirectory
-from lrlab.schedules import COMBINATORS, ScheduleDriver, build_schedule, scheduler_classes
+from lrlab.schedules import (
+    COMBINATORS,
+    ScheduleDriver,
+    build_schedule,
+    scheduler_classes,
+)
 
 LR = 0.05
 EPOCHS = 6
@@ -113,7 +118,7 @@ def test_epoch_suffix_makes_onecycle_step_once_per_epoch(tiny_config):
 
 
 def test_constant_keeps_the_lr_fixed(tiny_config):
-    metrics, steps = run_lrs(tiny_config, "constant")
+    _, steps = run_lrs(tiny_config, "constant")
     assert {row["lr"] for row in steps} == {LR}
 
 

@@ -2,7 +2,13 @@ import math
 
 import pytest
 
-from lrlab.stats import area_under_curve, epochs_to_target, paired_difference, seconds_to_target, summarize
+from lrlab.stats import (
+    area_under_curve,
+    epochs_to_target,
+    paired_difference,
+    seconds_to_target,
+    summarize,
+)
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (from tables)
 

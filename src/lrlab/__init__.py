@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from lrlab.config import RunConfig, load_config  # noqa: E402
-from lrlab.engine import RunResult, Trainer, train  # noqa: E402
-from lrlab.errors import UsageError  # noqa: E402
-from lrlab.schedules import build_schedule, parse_schedule  # noqa: E402
+from lrlab.config import RunConfig, load_config
+from lrlab.engine import RunResult, Trainer, train
+from lrlab.errors import UsageError
+from lrlab.schedules import build_schedule, parse_schedule
 
 __all__ = ["RunConfig", "RunResult", "Trainer", "UsageError", "build_schedule", "load_config", "parse_schedule", "train"]

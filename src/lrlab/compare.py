@@ -21,7 +21,15 @@ from lrlab.config import RunConfig, config_from_dict
 from lrlab.errors import UsageError
 from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
-from lrlab.stats import PairedDifference, Summary, area_under_curve, epochs_to_target, paired_difference, seconds_to_target, summarize
+from lrlab.stats import (
+    PairedDifference,
+    Summary,
+    area_under_curve,
+    epochs_to_target,
+    paired_difference,
+    seconds_to_target,
+    summarize,
+)
 
 MANIFEST = "comparison.json"
 
@@ -174,10 +182,14 @@ def run_comparison(
             if state in ("finished", "diverged"):
                 outcomes.append(GridOutcome(label, seed, state, run.read_status().get("reason", "")))
                 continue
-            progress.set_postfix_str(f"run {index}/{len(configs)}: {label} seed {seed}")
-            on_epoch = lambda epoch, metrics: (progress.update(1), progress.set_postfix_str(
-                f"run {index}/{len(configs)}: {label} seed {seed}, epoch {epoch}, test acc {metrics['test_acc']:.2%}"))
+            where = f"run {index}/{len(configs)}: {label} seed {seed}"
+
+            def on_epoch(epoch: int, metrics: dict[str, float], where: str = where) -> None:
+                progress.update(1)
+                progress.set_postfix_str(f"{where}, epoch {epoch}, test acc {metrics['test_acc']:.2%}")
+
             try:
+                progress.set_postfix_str(where)
                 trainer = Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch)
                 result = trainer.fit()
                 outcomes.append(GridOutcome(label, seed, result.state, run.read_status().get("reason", "")))

@@ -48,7 +48,7 @@ class RunConfig:
     tensorboard: bool = False
     quiet: bool = False
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Check types, ranges and every spec; return self so calls chain."""
         hints = typing.get_type_hints(RunConfig)
         for field in fields(self):
@@ -80,7 +80,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def differences(self, other: "RunConfig", ignore: tuple[str, ...] = RUNTIME_ONLY) -> list[str]:
+    def differences(self, other: RunConfig, ignore: tuple[str, ...] = RUNTIME_ONLY) -> list[str]:
         """Names of fields whose values differ, runtime-only fields aside."""
         return [f.name for f in fields(self) if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
 

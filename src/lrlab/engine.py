@@ -12,22 +12,27 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from lrlab import __version__
+from lrlab import __version__, lrfinder
 from lrlab.config import RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError
 from lrlab.models import build_model
+from lrlab.optimizers import (
+    build_optimizer,
+    parse_optimizer,
+    set_training_mode,
+    with_lr,
+)
 from lrlab.preview import doctor
-from lrlab import lrfinder
-from lrlab.optimizers import build_optimizer, parse_optimizer, set_training_mode, with_lr
 from lrlab.runs import RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
 

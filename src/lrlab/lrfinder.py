@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

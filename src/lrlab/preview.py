@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
 import torch
 
@@ -94,8 +95,8 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
             warnings_found.append(f"{name}: T_max={t_max} is shorter than the run ({length} {unit}); after it the LR climbs "
                                   "back up (cosine is periodic); use cosine-restarts if you want restarts")
     elif spec.class_name in ("StepLR", "MultiStepLR"):
-        changes = sum(1 for a, b in zip(epoch_lrs, epoch_lrs[1:]) if a != b) if not spec.per_step else \
-            sum(1 for a, b in zip(rows, rows[1:]) if a.lr != b.lr)
+        values = [row.lr for row in rows] if spec.per_step else epoch_lrs
+        changes = sum(1 for a, b in pairwise(values) if a != b)
         if changes == 0:
             warnings_found.append(f"{name}: never fires within {length} {unit}; the LR stays fixed (a smaller step size or "
                                   "earlier milestones would act)")

@@ -13,10 +13,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from lrlab.compare import Comparison, ScheduleResult, aggregate  # noqa: E402
-from lrlab.runs import RunDirectory  # noqa: E402
+from lrlab.compare import Comparison, ScheduleResult, aggregate
+from lrlab.runs import RunDirectory
 
 PLOTS = ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
 
@@ -124,8 +124,8 @@ def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
                  f"{row['final_acc_mean']} ± {row['final_acc_std']}", row["final_acc_ci95"], row["best_acc_mean"],
                  row["diff_vs_baseline"], row["diff_ci95"], row["p_value"], row["epochs_to_target"], row["auc_acc_mean"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", f"Target accuracy for 'epochs to': {_pct(comparison.target_acc)}% "
-              f"(the {comparison.baseline} schedule's mean final accuracy unless --target-acc was given)."]
+    lines += ["", (f"Target accuracy for 'epochs to': {_pct(comparison.target_acc)}% "
+                   f"(the {comparison.baseline} schedule's mean final accuracy unless --target-acc was given).")]
     RunDirectory(comparison.out).write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 

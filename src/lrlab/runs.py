@@ -8,8 +8,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -126,7 +127,7 @@ class RunDirectory:
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise UsageError(f"{path} does not exist; nothing to resume (drop --resume to start afresh)") from None
-        except Exception as error:  # torch raises many types for damaged or hostile files
+        except Exception as error:  # noqa: BLE001 - torch raises many types for damaged or hostile files
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UsageError(f"{path} cannot be loaded safely ({first_line[:160]}); it is damaged or not an lrlab checkpoint") from None
 

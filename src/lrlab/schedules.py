@@ -11,7 +11,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.optim import lr_scheduler
@@ -96,8 +96,9 @@ class LrLambda:
     `__dict__` of callable objects) and a checkpoint loads with `weights_only=True`.
     """
 
-    ALLOWED_FUNCTIONS = {n: getattr(math, n) for n in ("cos", "sin", "exp", "log", "sqrt", "pi")}
-    ALLOWED_FUNCTIONS.update(min=min, max=max, abs=abs)
+    ALLOWED_FUNCTIONS: ClassVar[dict[str, Any]] = {
+        **{n: getattr(math, n) for n in ("cos", "sin", "exp", "log", "sqrt", "pi")}, "min": min, "max": max, "abs": abs,
+    }
     ALLOWED_NODES = (
         ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Call,
         ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.FloorDiv, ast.USub, ast.UAdd,
@@ -142,7 +143,7 @@ def _parse_warmup(text: str) -> WarmupSpec:
     arguments = parse_arguments(rest, "warmup")
     unknown = set(arguments) - {"epochs", "steps", "start_factor"}
     if unknown:
-        raise UsageError(f"warmup: unknown argument {sorted(unknown)[0]!r}; it takes epochs, steps, start_factor")
+        raise UsageError(f"warmup: unknown argument {min(unknown)!r}; it takes epochs, steps, start_factor")
     if ("epochs" in arguments) == ("steps" in arguments):
         raise UsageError("warmup needs exactly one of epochs=E or steps=N")
     epochs, steps = arguments.get("epochs"), arguments.get("steps")
@@ -182,7 +183,7 @@ def parse_schedule(text: str) -> ScheduleSpec:
         raise UsageError("empty schedule spec; use e.g. constant or step:step_size=5,gamma=0.5")
     body = text.strip()
     stepping = None
-    if body.endswith("@step") or body.endswith("@epoch"):
+    if body.endswith(("@step", "@epoch")):
         body, _, stepping = body.rpartition("@")
     warmup = None
     if body.startswith("warmup("):

@@ -6,8 +6,9 @@ import ast
 import difflib
 import inspect
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from lrlab.errors import UsageError
 

@@ -6,8 +6,9 @@ Pure functions of plain lists, so each is checked against numbers worked out by 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
 from scipy import stats as scipy_stats
 
@@ -87,5 +88,5 @@ def area_under_curve(accuracies: Sequence[float]) -> float:
     """Trapezoidal area under accuracy-per-epoch, divided by the span: a mean accuracy over training."""
     if len(accuracies) == 1:
         return float(accuracies[0])
-    area = math.fsum((a + b) / 2 for a, b in zip(accuracies, accuracies[1:]))
+    area = math.fsum((a + b) / 2 for a, b in pairwise(accuracies))
     return area / (len(accuracies) - 1)

@@ -61,4 +61,4 @@ def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[tuple[s
     return rows
 
 
-__all__ = ["ImageData", "BatchLoader", "load_dataset", "describe_datasets", "NAMES"]
+__all__ = ["NAMES", "BatchLoader", "ImageData", "describe_datasets", "load_dataset"]

@@ -49,7 +49,7 @@ class ImageData:
         pixels = self.train_images.transpose(0, 1).reshape(self.channels, -1).float() / 255
         return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-3).tolist()
 
-    def subset(self, limit_train: int | None, limit_test: int | None, seed: int) -> "ImageData":
+    def subset(self, limit_train: int | None, limit_test: int | None, seed: int) -> ImageData:
         """A fixed, seeded random subset of each split (the same for every schedule and run)."""
         generator = torch.Generator().manual_seed(seed)
         splits = {}

@@ -42,11 +42,11 @@ SOURCES = {
 class _ArraysOnly(pickle.Unpickler):
     """The CIFAR batches are pickles; allow only what rebuilds numpy arrays, so a hostile file cannot run code."""
 
-    ALLOWED = {
+    ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("_codecs", "encode"),  # how Python 3 pickles bytes under protocol 2; it only encodes text
-    }
+    })
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:

@@ -6,7 +6,7 @@ same seed sees the same batches, and a resumed run sees what the uninterrupted r
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
