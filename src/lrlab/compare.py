@@ -197,7 +197,8 @@ def run_comparison(
                     progress.update(base.epochs - result.epochs_completed)
                     tqdm.write(f"lrlab: {label} seed {seed} diverged: {run.read_status().get('reason', '')}", file=sys.stderr)
             except UsageError as error:
-                run.write_status("failed", reason=str(error)) if run.path.exists() else None
+                if run.path.exists():
+                    run.write_status("failed", reason=str(error))
                 outcomes.append(GridOutcome(label, seed, "failed", str(error)))
                 tqdm.write(f"lrlab: {label} seed {seed} failed: {error}", file=sys.stderr)
     return outcomes

@@ -80,11 +80,6 @@ class ScheduleSpec:
     warmup: WarmupSpec | None = None
 
     @property
-    def label(self) -> str:
-        """A file-system-safe name for run directories."""
-        return re.sub(r"[^A-Za-z0-9_.=\-+]+", "_", self.text).strip("_") or "constant"
-
-    @property
     def is_plateau(self) -> bool:
         return self.class_name == "ReduceLROnPlateau"
 
