@@ -197,3 +197,24 @@ def test_cnn_learns_real_fashion_mnist_on_a_slice(tiny_config):
                          schedule="cosine:T_max=4")
     result = train(config)
     assert result.final_test_acc > 0.6
+
+
+@pytest.mark.parametrize("signal_number, exit_status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_mark_the_run_interrupted_and_it_resumes(tiny_config, tmp_path, signal_number, exit_status):
+    out = tmp_path / "run"
+    command = ["lrlab", "train", "--dataset", "digits", "--model", "cnn", "--width", "4", "--epochs", "6",
+               "--batch-size", "64", "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, env={**os.environ, "LRLAB_TEST_EPOCH_DELAY": "0.3"},
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "last.pt").exists():
+        time.sleep(0.05)
+    process.send_signal(signal_number)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == exit_status
+    assert RunDirectory(out).read_status()["state"] == "interrupted"
+    assert f"lrlab train --out {out} --resume" in error
+    from lrlab.cli import main
+
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0  # exactly what the hint says
+    assert len(RunDirectory(out).read_metrics()) == 6

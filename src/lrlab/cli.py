@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import typing
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
@@ -337,9 +339,19 @@ def _schedules(arguments: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run is marked interrupted and can be resumed."""
+
+
+def _raise_terminated(signal_number: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lrlab` command; returns the exit status."""
     arguments = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     handlers = {"train": _train, "compare": _compare, "find-lr": _find_lr, "report": _report, "preview": _preview, "doctor": _doctor,
                 "datasets": _datasets, "schedules": _schedules}
     try:
@@ -347,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"lrlab {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
 
