@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lrlab.config import RunConfig, config_from_dict
+from lrlab.data.loader import batches_per_epoch
 from lrlab.errors import UsageError
 from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
@@ -206,7 +207,7 @@ def run_comparison(
 
 def _steps_per_epoch(base: RunConfig, data) -> int:
     count = min(len(data.train_labels), base.limit_train or len(data.train_labels))
-    return max(1, count // base.batch_size + (1 if count % base.batch_size > 1 else 0))
+    return max(1, batches_per_epoch(count, base.batch_size))
 
 
 @dataclass

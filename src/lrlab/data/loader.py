@@ -13,6 +13,13 @@ import torch
 AUGMENTATIONS = ("none", "flip", "crop+flip", "crop")
 
 
+def batches_per_epoch(count: int, batch_size: int, shuffle: bool = True) -> int:
+    """Batches in one pass over `count` images."""
+    full, remainder = divmod(count, batch_size)
+    # A lone last sample would break BatchNorm in training mode; it is dropped when shuffling.
+    return full + (1 if remainder > 1 or (remainder == 1 and not shuffle) else 0)
+
+
 class BatchLoader:
     """Iterates (images, labels) batches: images normalised float32, labels int64, on `device`."""
 
@@ -46,9 +53,7 @@ class BatchLoader:
         self.crop_padding = max(1, images.shape[-1] // 8)
 
     def __len__(self) -> int:
-        full, remainder = divmod(len(self.labels), self.batch_size)
-        # A lone last sample would break BatchNorm in training mode; it is dropped when shuffling.
-        return full + (1 if remainder > 1 or (remainder == 1 and not self.shuffle) else 0)
+        return batches_per_epoch(len(self.labels), self.batch_size, self.shuffle)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
