@@ -218,3 +218,28 @@ def test_sigterm_and_ctrl_c_mark_the_run_interrupted_and_it_resumes(tiny_config,
 
     assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0  # exactly what the hint says
     assert len(RunDirectory(out).read_metrics()) == 6
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tiny_config, tmp_path):
+    config = tiny_config()
+    owner = subprocess.Popen(["sleep", "30"])
+    try:
+        Path(config.out).mkdir(parents=True)
+        (Path(config.out) / "run.lock").write_text(f"{owner.pid}\n")
+        with pytest.raises(UsageError, match=f"in use by process {owner.pid}"):
+            train(config)
+        assert not (Path(config.out) / "config.yaml").exists()
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_stale_lock_from_a_dead_process_is_taken_over_and_says_so(tiny_config, capsys):
+    config = tiny_config(epochs=1)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    Path(config.out).mkdir(parents=True)
+    (Path(config.out) / "run.lock").write_text(f"{gone.pid}\n")
+    assert train(config).state == "finished"
+    assert f"taking over the stale lock of {config.out} (process {gone.pid} is gone)" in capsys.readouterr().err
+    assert not (Path(config.out) / "run.lock").exists()

@@ -297,6 +297,10 @@ class Trainer:
 
     def fit(self) -> RunResult:
         """Train for the configured epochs (or what remains of them), recording everything."""
+        with self.run.locked():
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         self.prepare()
         quiet = self.config.quiet
         writer = self._tensorboard() if self.config.tensorboard else None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,27 @@ class RunDirectory:
         self.status_path = self.path / "status.json"
         self.best_path = self.path / "best.pt"
         self.last_path = self.path / "last.pt"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold `run.lock` (with our pid) while a process writes here; a dead owner's lock is taken over."""
+        lock = self.path / "run.lock"
+        while True:
+            try:
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                owner = _lock_owner(lock)
+                if owner is not None and _process_alive(owner):
+                    raise UsageError(f"{self.path} is in use by process {owner}; wait for it to end or stop it") from None
+                print(f"lrlab: taking over the stale lock of {self.path} (process {owner} is gone)", file=sys.stderr)
+                lock.unlink(missing_ok=True)
+        with os.fdopen(handle, "w") as out:
+            out.write(f"{os.getpid()}\n")
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
     def holds_run(self) -> bool:
         return self.config_path.exists()
@@ -130,6 +153,23 @@ class RunDirectory:
         except Exception as error:  # noqa: BLE001 - torch raises many types for damaged or hostile files
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UsageError(f"{path} cannot be loaded safely ({first_line[:160]}); it is damaged or not an lrlab checkpoint") from None
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _plain(value: Any) -> Any:
