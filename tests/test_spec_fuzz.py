@@ -1,5 +1,6 @@
 """Any text given as a spec either parses or raises UsageError: never another exception."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,19 +26,11 @@ STRUCTURED = st.builds(
 SPECS = st.one_of(STRUCTURED, st.text(max_size=40))
 
 
+@pytest.mark.parametrize("parse", [parse_schedule, parse_optimizer], ids=["schedule", "optimizer"])
 @settings(max_examples=400, deadline=None)
-@given(SPECS)
-def test_every_schedule_spec_parses_or_says_what_is_wrong(text):
+@given(text=SPECS)
+def test_every_spec_parses_or_says_what_is_wrong(parse, text):
     try:
-        parse_schedule(text)
-    except UsageError as error:
-        assert str(error) and "\n" not in str(error)
-
-
-@settings(max_examples=400, deadline=None)
-@given(SPECS)
-def test_every_optimizer_spec_parses_or_says_what_is_wrong(text):
-    try:
-        parse_optimizer(text)
+        parse(text)
     except UsageError as error:
         assert str(error) and "\n" not in str(error)

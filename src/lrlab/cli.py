@@ -175,7 +175,7 @@ def _train(arguments: argparse.Namespace) -> int:
 
 def _compare(arguments: argparse.Namespace) -> int:
     from lrlab.compare import PRESETS, run_comparison, variants_from_specs
-    from lrlab.report import build_report
+    from lrlab.report import build_report, verdict
 
     if bool(arguments.preset) == bool(arguments.schedules):
         raise UsageError("give either --preset NAME or --schedules SPEC ... (not both)")
@@ -196,8 +196,6 @@ def _compare(arguments: argparse.Namespace) -> int:
         base = replace(base, optimizer=_comparison_lr(arguments.lr, base))
     outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc)
     comparison = build_report(base.out)
-    from lrlab.report import verdict
-
     print(verdict(comparison))
     print(f"report: {Path(base.out) / 'report.html'}  table: {Path(base.out) / 'summary.md'}")
     return 0 if all(o.state == "finished" for o in outcomes) else 1

@@ -149,8 +149,7 @@ def run_comparison(
     show_progress: bool = True,
 ) -> list[GridOutcome]:
     """Train every variant with every seed into `out`, skipping finished runs and resuming the rest."""
-    from lrlab.data import load_dataset
-    from lrlab.engine import Trainer
+    from lrlab.engine import Trainer, load_run_data
 
     out = Path(out)
     if not variants or not seeds:
@@ -166,7 +165,7 @@ def run_comparison(
     RunDirectory(out).check_writable()
     _write_manifest(out, base, variants, seeds, baseline, target_acc)
 
-    data = load_dataset(base.dataset, base.data_dir, base.image_size, base.val_fraction, base.strict)
+    data = load_run_data(base)
     steps_per_epoch = _steps_per_epoch(base, data)
     for variant in variants:
         for line in doctor(variant.schedule, base.epochs, steps_per_epoch):

@@ -150,6 +150,11 @@ def versions() -> dict[str, str]:
     return {"lrlab": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
+def load_run_data(config: RunConfig) -> ImageData:
+    """The data set `config` names, loaded as it says (size, split, strictness)."""
+    return load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict)
+
+
 class Trainer:
     """Builds a run from its config and carries it out, epoch by epoch, into a run directory."""
 
@@ -167,7 +172,7 @@ class Trainer:
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and fast_path)
         self.channels_last = config.channels_last if config.channels_last is not None else fast_path
         if data is None:
-            data = load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict)
+            data = load_run_data(config)
         self.data = data.subset(config.limit_train, config.limit_test, seed=0)
         augment = config.augment
         if "flip" in augment and not self.data.flip_makes_sense:
@@ -404,7 +409,7 @@ def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: in
     if repeats < 1:
         raise UsageError(f"--repeats {repeats} should be at least 1")
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict)
+        data = load_run_data(config)
     fixed = replace(config, optimizer=with_lr(config.optimizer, start))
     tests = []
     for repeat in range(repeats):
