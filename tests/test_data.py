@@ -179,14 +179,16 @@ def test_one_folder_is_split_by_val_fraction(tmp_path):
     assert len(data.test_labels) == 5 and len(data.train_labels) == 15
 
 
-def test_broken_images_are_skipped_with_a_count_or_fail_with_strict(tmp_path, capsys):
+def test_broken_images_and_non_images_are_skipped_with_a_count_or_fail_with_strict(tmp_path, capsys):
     write_image_folder(tmp_path / "train")
     write_image_folder(tmp_path / "test")
     (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("taken on a sunny day")
+    (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     data = load_dataset(f"folder:{tmp_path}", image_size=8)
     assert len(data.train_labels) == 8
-    assert "skipped 1 unreadable image" in capsys.readouterr().err
-    with pytest.raises(UsageError, match="broken.png cannot be read"):
+    assert "skipped 2 unreadable or non-image file(s)" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="(broken.png|notes.txt) cannot be read"):
         load_dataset(f"folder:{tmp_path}", image_size=8, strict=True)
 
 

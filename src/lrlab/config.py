@@ -43,6 +43,7 @@ class RunConfig:
     strict: bool = False
     precision: str = "auto"
     channels_last: bool | None = None
+    deterministic: bool = False
     device: str = "auto"
     data_dir: str | None = None
     out: str = "runs/run"

@@ -7,12 +7,13 @@ divergence detection and progress.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -144,6 +145,32 @@ def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast
     return float(loss_sum) / seen, int(correct) / seen
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(wanted: bool) -> Iterator[None]:
+    """Torch's deterministic kernels while a run trains, then the caller's settings back.
+
+    The CPU kernels lrlab uses are deterministic already; on CUDA this turns off cuDNN's
+    autotuner and the atomics-based kernels, which costs speed.
+    """
+    if not wanted:
+        yield
+        return
+    # cuBLAS reads this when it first creates a handle; it must be set before any CUDA matmul.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    except RuntimeError as error:
+        if "deterministic" not in str(error):
+            raise
+        raise UsageError(f"--deterministic: {str(error).splitlines()[0][:200]}; run without --deterministic") from None
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
+
+
 def versions() -> dict[str, str]:
     import torchvision
 
@@ -200,6 +227,10 @@ class Trainer:
         if not config.quiet:
             for line in doctor(self.schedule.spec, config.epochs, self.steps_per_epoch):
                 print(f"lrlab: note: {line}", file=sys.stderr)
+            if config.deterministic:
+                cost = ("cuDNN autotuning is off and only deterministic kernels run, so steps are slower"
+                        if self.device.type == "cuda" else f"the {self.device.type} kernels lrlab uses are deterministic already, so it costs nothing here")
+                print(f"lrlab: note: --deterministic: {cost}", file=sys.stderr)
         self.epoch = 0
         self.best_test_acc = -1.0
         self.best_epoch = 0
@@ -255,8 +286,13 @@ class Trainer:
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Put model, optimizer, schedule, RNG and counters back as `last.pt` recorded them."""
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise UsageError(f"{self.run.last_path} was written by a different lrlab checkpoint format; start afresh with --overwrite")
+        if not isinstance(checkpoint, dict) or "format" not in checkpoint:
+            raise UsageError(f"{self.run.last_path} is not an lrlab checkpoint; start afresh with --overwrite")
+        if checkpoint["format"] != CHECKPOINT_FORMAT:
+            raise UsageError(
+                f"{self.run.last_path} was written by lrlab {checkpoint.get('lrlab_version', '(unknown version)')} in checkpoint "
+                f"format {checkpoint['format']}, and lrlab {__version__} reads format {CHECKPOINT_FORMAT}; resume it with "
+                f"that lrlab version, or start afresh with --overwrite")
         try:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -291,6 +327,7 @@ class Trainer:
 
     def prepare(self) -> None:
         """Make the run directory ready: pick up the run to resume, or start a fresh one."""
+        self.run.remove_partial_writes()
         if self.resume and self.run.holds_run():
             if self.run.last_path.exists():
                 self.restore(self.run.load_checkpoint(self.run.last_path))
@@ -302,8 +339,17 @@ class Trainer:
 
     def fit(self) -> RunResult:
         """Train for the configured epochs (or what remains of them), recording everything."""
-        with self.run.locked():
-            return self._fit()
+        with self.run.locked(), deterministic_algorithms(self.config.deterministic):
+            try:
+                return self._fit()
+            except OSError as error:
+                # A full disk or a folder turned read-only: what was written before stays good.
+                message = (f"cannot write to {self.run.path} ({error.strerror or error}); "
+                           f"the last good checkpoint is kept: free space or fix the folder, then "
+                           f"lrlab train --out {self.run.path} --resume")
+                with contextlib.suppress(OSError):
+                    self.run.write_status("failed", epoch=self.epoch, reason=message)
+                raise UsageError(message) from None
 
     def _fit(self) -> RunResult:
         self.prepare()
@@ -327,7 +373,7 @@ class Trainer:
             self.run.write_status("interrupted", epoch=self.epoch, reason="stopped by the user")
             print(f"\nlrlab: interrupted after epoch {self.epoch}; continue with: lrlab train --out {self.run.path} --resume", file=sys.stderr)
             raise
-        except UsageError:
+        except (UsageError, OSError):
             raise
         except Exception as error:
             self.run.write_status("failed", epoch=self.epoch, reason=f"{type(error).__name__}: {error}")

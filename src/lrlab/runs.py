@@ -95,6 +95,11 @@ class RunDirectory:
         for events in self.path.glob("events.out.tfevents.*"):
             events.unlink()
 
+    def remove_partial_writes(self) -> None:
+        """Delete temporary files a killed process left half-written; the files they were replacing are intact."""
+        for leftover in self.path.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+
     def write_text(self, path: Path, text: str) -> None:
         write_atomically(path, lambda out: out.write(text.encode()))
 

@@ -29,7 +29,7 @@ def _decode(folder: ImageFolder, image_size: int, strict: bool) -> tuple[torch.T
         images.append(TF.resize(tensor, [image_size, image_size], antialias=True))
         labels.append(label)
     if broken:
-        print(f"lrlab: warning: skipped {len(broken)} unreadable image(s) in {folder.root}, "
+        print(f"lrlab: warning: skipped {len(broken)} unreadable or non-image file(s) in {folder.root}, "
               f"e.g. {broken[0]} (pass --strict to stop instead)", file=sys.stderr)
     if not images:
         raise UsageError(f"{folder.root} has no readable images")
@@ -38,7 +38,9 @@ def _decode(folder: ImageFolder, image_size: int, strict: bool) -> tuple[torch.T
 
 def _image_folder(path: Path) -> ImageFolder:
     try:
-        return ImageFolder(str(path))
+        # Every file is offered to the decoder, so a stray non-image is counted and named rather than
+        # silently ignored; hidden files (.DS_Store, editor swap files) are not data.
+        return ImageFolder(str(path), is_valid_file=lambda name: not Path(name).name.startswith("."))
     except (FileNotFoundError, OSError) as error:
         raise UsageError(f"{path}: {error}; expected one folder per class with images in it") from None
 
