@@ -52,6 +52,8 @@ COMPARE_EXAMPLES = """examples:
   lrlab compare --preset article --dataset fashion-mnist --seeds 0 1 2 --out runs/article
   lrlab compare --schedules constant "step:step_size=5,gamma=0.5" "onecycle:max_lr=0.1" \\
       --epochs 20 --seeds 0 1 2 --dataset digits --out runs/mine
+  lrlab compare ... --workers 2                                   # two runs at once on this machine
+  lrlab compare --preset article --seeds 0 1 2 3 4 --backend ray --ray-address auto --storage /mnt/shared --out runs/big
 """
 PREVIEW_EXAMPLES = """example:
   lrlab preview "cosine:T_max=50" "exponential:gamma=0.95" --epochs 20 --lr 0.05 \\
@@ -112,6 +114,15 @@ def build_parser() -> Parser:
     compare.add_argument("--target-acc", type=float, help="accuracy (0-1) for 'epochs to target' (default: the baseline's final mean)")
     compare.add_argument("--lr", help="the optimizer's LR for every run, or 'auto' to run the LR range test once first")
     compare.add_argument("--config", help="YAML file with the training options; options given here override it")
+    where = compare.add_argument_group("where the runs train")
+    where.add_argument("--backend", choices=("local", "ray"), default="local", help="local (this machine, the default) or ray")
+    where.add_argument("--workers", type=int, default=1, help="local: runs at once, each in its own process (default: 1, in this process)")
+    where.add_argument("--cpus-per-run", type=float, help="torch threads for each run (local default: cores / workers; "
+                       "ray: the CPUs each task asks for, default 1)")
+    where.add_argument("--gpus-per-run", type=float, default=0, help="ray: GPUs each task asks for (default: 0)")
+    where.add_argument("--max-retries", type=int, default=2, help="times a run is restarted from its last checkpoint when its worker dies (default: 2)")
+    where.add_argument("--ray-address", help="ray: the cluster to join (e.g. auto, or ray://head:10001); default: start Ray here")
+    where.add_argument("--storage", help="ray: a folder every node mounts; a relative --out is placed under it")
     _add_config_options(compare, skip=("schedule", "seed", "quiet"))
 
     find_lr = commands.add_parser("find-lr", help="LR range test: which starting LR to use",
@@ -176,6 +187,7 @@ def _train(arguments: argparse.Namespace) -> int:
 
 def _compare(arguments: argparse.Namespace) -> int:
     from lrlab.compare import PRESETS, run_comparison, variants_from_specs
+    from lrlab.executors import build_executor
     from lrlab.report import build_report, verdict
 
     if bool(arguments.preset) == bool(arguments.schedules):
@@ -195,9 +207,17 @@ def _compare(arguments: argparse.Namespace) -> int:
     base = config_from_arguments(arguments, defaults)
     if arguments.lr is not None:
         base = replace(base, optimizer=_comparison_lr(arguments.lr, base))
-    outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc)
+    if arguments.storage and not Path(base.out).is_absolute():
+        base = replace(base, out=str(Path(arguments.storage) / base.out))
+    executor = build_executor(arguments.backend, arguments.workers, arguments.cpus_per_run, arguments.gpus_per_run,
+                              arguments.max_retries, arguments.ray_address, storage_given=bool(arguments.storage))
+    outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc,
+                              executor=executor)
     comparison = build_report(base.out)
     print(verdict(comparison))
+    for outcome in outcomes:
+        if outcome.retries:
+            print(f"retried: {outcome.label} seed {outcome.seed}, {outcome.retries} time(s), then {outcome.state}")
     print(f"report: {Path(base.out) / 'report.html'}  table: {Path(base.out) / 'summary.md'}")
     return 0 if all(o.state == "finished" for o in outcomes) else 1
 

@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from lrlab.config import RunConfig, config_from_dict
 from lrlab.data.loader import batches_per_epoch
 from lrlab.errors import UsageError
+from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
 from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
 from lrlab.stats import (
@@ -131,14 +130,6 @@ def read_manifest(out: Path) -> dict[str, Any]:
         raise UsageError(f"{Path(out) / MANIFEST} is damaged; run lrlab compare again with the same --out") from None
 
 
-@dataclass
-class GridOutcome:
-    label: str
-    seed: int
-    state: str
-    reason: str = ""
-
-
 def run_comparison(
     base: RunConfig,
     variants: list[Variant],
@@ -147,9 +138,14 @@ def run_comparison(
     baseline: str | None = None,
     target_acc: float | None = None,
     show_progress: bool = True,
+    executor: Any = None,
 ) -> list[GridOutcome]:
-    """Train every variant with every seed into `out`, skipping finished runs and resuming the rest."""
-    from lrlab.engine import Trainer, load_run_data
+    """Train every variant with every seed into `out`, skipping finished runs and resuming the rest.
+
+    `executor` (from `executors.build_executor`) says where the runs train; by default one after
+    another in this process.
+    """
+    from lrlab.engine import load_run_data
 
     out = Path(out)
     if not variants or not seeds:
@@ -159,9 +155,10 @@ def run_comparison(
     baseline = baseline or variants[0].label
     if baseline not in [v.label for v in variants]:
         raise UsageError(f"--baseline {baseline!r} is not one of the schedules: {', '.join(v.label for v in variants)}")
-    configs = {(v.label, s): run_config(base, v, s, out) for v in variants for s in seeds}
-    for config in configs.values():
-        config.validate()
+    tasks = [GridTask(v.label, s, run_config(base, v, s, out)) for v in variants for s in seeds]
+    for task in tasks:
+        task.config.validate()
+    executor = executor or InProcess()
     RunDirectory(out).check_writable()
     _write_manifest(out, base, variants, seeds, baseline, target_acc)
 
@@ -171,37 +168,27 @@ def run_comparison(
         for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
             print(f"lrlab: note: {line}", file=sys.stderr)
 
-    outcomes = []
-    total_epochs = len(configs) * base.epochs
-    done_epochs = sum(min(len(RunDirectory(c.out).read_metrics()), base.epochs) for c in configs.values())
-    with tqdm(total=total_epochs, initial=done_epochs, desc="comparison", unit="epoch", disable=not show_progress,
-              file=sys.stderr, dynamic_ncols=True) as progress:
-        for index, ((label, seed), config) in enumerate(configs.items(), start=1):
-            run = RunDirectory(config.out)
-            state = run.read_status().get("state")
-            if state in ("finished", "diverged"):
-                outcomes.append(GridOutcome(label, seed, state, run.read_status().get("reason", "")))
-                continue
-            where = f"run {index}/{len(configs)}: {label} seed {seed}"
-
-            def on_epoch(epoch: int, metrics: dict[str, float], where: str = where) -> None:
-                progress.update(1)
-                progress.set_postfix_str(f"{where}, epoch {epoch}, test acc {metrics['test_acc']:.2%}")
-
-            try:
-                progress.set_postfix_str(where)
-                trainer = Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch)
-                result = trainer.fit()
-                outcomes.append(GridOutcome(label, seed, result.state, run.read_status().get("reason", "")))
-                if result.state == "diverged":
-                    progress.update(base.epochs - result.epochs_completed)
-                    tqdm.write(f"lrlab: {label} seed {seed} diverged: {run.read_status().get('reason', '')}", file=sys.stderr)
-            except UsageError as error:
-                if run.path.exists():
-                    run.write_status("failed", reason=str(error))
-                outcomes.append(GridOutcome(label, seed, "failed", str(error)))
-                tqdm.write(f"lrlab: {label} seed {seed} failed: {error}", file=sys.stderr)
-    return outcomes
+    with executor.session(out):
+        waiting = []
+        outcomes = {}
+        for task in tasks:
+            run = RunDirectory(task.config.out)
+            status = run.read_status()
+            if status.get("state") in ("finished", "diverged"):
+                outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"], status.get("reason", ""))
+            else:
+                waiting.append(task)
+        progress = GridProgress(tasks, base.epochs, show_progress)
+        try:
+            for outcome in executor.run(waiting, progress, data):
+                outcomes[outcome.label, outcome.seed] = outcome
+                if outcome.retries:
+                    RunDirectory(run_path(out, Variant(outcome.label, ""), outcome.seed)).add_to_status(retries=outcome.retries)
+                if outcome.state in ("diverged", "failed"):
+                    progress.say(f"lrlab: {outcome.label} seed {outcome.seed} {outcome.state}: {outcome.reason}")
+        finally:
+            progress.close()
+    return [outcomes[task.label, task.seed] for task in tasks]
 
 
 def _steps_per_epoch(base: RunConfig, data) -> int:
@@ -226,6 +213,7 @@ class ScheduleResult:
     seconds_to_target: list[float | None]
     curves: dict[int, list[dict[str, float]]]  # seed -> metrics rows
     steps: dict[int, list[dict[str, float]]]  # seed -> per-step rows (first seed only, for LR plots)
+    retries: dict[int, int]  # seed -> times its worker died and the run was restarted
 
     @property
     def finished_seeds(self) -> list[int]:
@@ -252,10 +240,13 @@ def aggregate(out: str | Path) -> Comparison:
     finals: dict[str, dict[int, float]] = {}
     gathered = []
     for variant in variants:
-        states, curves, steps = {}, {}, {}
+        states, curves, steps, retries = {}, {}, {}, {}
         for seed in seeds:
             run = RunDirectory(run_path(out, variant, seed))
-            states[seed] = run.read_status().get("state", "missing") if run.path.exists() else "missing"
+            status = run.read_status() if run.path.exists() else {"state": "missing"}
+            states[seed] = status.get("state", "missing")
+            if status.get("retries"):
+                retries[seed] = status["retries"]
             rows = run.read_metrics()
             if rows:
                 curves[seed] = rows
@@ -263,14 +254,14 @@ def aggregate(out: str | Path) -> Comparison:
                     steps[seed] = run.read_steps()
             if states[seed] == "finished" and rows:
                 finals.setdefault(variant.label, {})[seed] = rows[-1]["test_acc"]
-        gathered.append((variant, states, curves, steps))
+        gathered.append((variant, states, curves, steps, retries))
     baseline = manifest["baseline"]
     baseline_finals = finals.get(baseline, {})
     target = manifest.get("target_acc")
     if target is None:
         target = math.fsum(baseline_finals.values()) / len(baseline_finals) if baseline_finals else math.nan
     results = []
-    for variant, states, curves, steps in gathered:
+    for variant, states, curves, steps, retries in gathered:
         finished = [s for s in seeds if states[s] == "finished" and s in curves]
         final = [curves[s][-1]["test_acc"] for s in finished]
         best = [max(r["test_acc"] for r in curves[s]) for s in finished]
@@ -288,6 +279,6 @@ def aggregate(out: str | Path) -> Comparison:
             epochs_to_target=[epochs_to_target(accuracy_curves[s], target) for s in finished],
             seconds_to_target=[seconds_to_target(accuracy_curves[s], [r["elapsed_seconds"] for r in curves[s]], target)
                                for s in finished],
-            curves=curves, steps=steps,
+            curves=curves, steps=steps, retries=retries,
         ))
     return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results)

@@ -337,9 +337,9 @@ class Trainer:
             self.run.clear()
         self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
 
-    def fit(self) -> RunResult:
+    def fit(self, take_over_lock: bool = False) -> RunResult:
         """Train for the configured epochs (or what remains of them), recording everything."""
-        with self.run.locked(), deterministic_algorithms(self.config.deterministic):
+        with self.run.locked(take_over_lock), deterministic_algorithms(self.config.deterministic):
             try:
                 return self._fit()
             except OSError as error:

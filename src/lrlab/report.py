@@ -104,6 +104,9 @@ def verdict(comparison: Comparison) -> str:
                 for r in comparison.results if any(st != "finished" for st in r.states.values())]
     if problems:
         lines.append(f"Not averaged in: {'; '.join(problems)}.")
+    retried = [f"{r.label} seed {s} ({n}x)" for r in comparison.results for s, n in r.retries.items()]
+    if retried:
+        lines.append(f"Restarted from their last checkpoint after a worker died: {', '.join(retried)}.")
     return " ".join(lines)
 
 

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -56,21 +57,29 @@ class RunDirectory:
         self.last_path = self.path / "last.pt"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold `run.lock` (with our pid) while a process writes here; a dead owner's lock is taken over."""
+    def locked(self, take_over: bool = False) -> Iterator[None]:
+        """Hold `run.lock` (our pid and host) while a process writes here; a dead owner's lock is taken over.
+
+        `take_over` is for an executor retrying a run whose worker it knows is dead, possibly on
+        another machine, where the pid cannot be checked.
+        """
         lock = self.path / "run.lock"
         while True:
             try:
                 handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 break
             except FileExistsError:
-                owner = _lock_owner(lock)
-                if owner is not None and _process_alive(owner):
-                    raise UsageError(f"{self.path} is in use by process {owner}; wait for it to end or stop it") from None
-                print(f"lrlab: taking over the stale lock of {self.path} (process {owner} is gone)", file=sys.stderr)
+                pid, host = _lock_owner(lock)
+                owner = f"process {pid}" + (f" on {host}" if host != socket.gethostname() else "")
+                if not take_over and pid is not None:
+                    if host != socket.gethostname():
+                        raise UsageError(f"{self.path} is in use by {owner}; if that run is gone, delete {lock}") from None
+                    if _process_alive(pid):
+                        raise UsageError(f"{self.path} is in use by {owner}; wait for it to end or stop it") from None
+                print(f"lrlab: taking over the stale lock of {self.path} ({owner} is gone)", file=sys.stderr)
                 lock.unlink(missing_ok=True)
         with os.fdopen(handle, "w") as out:
-            out.write(f"{os.getpid()}\n")
+            out.write(f"{os.getpid()} {socket.gethostname()}\n")
         try:
             yield
         finally:
@@ -106,6 +115,11 @@ class RunDirectory:
     def write_status(self, state: str, **details: Any) -> None:
         assert state in STATES
         record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
+        self.write_text(self.status_path, json.dumps(record, indent=2) + "\n")
+
+    def add_to_status(self, **details: Any) -> None:
+        """Record more about how the run went without changing its state."""
+        record = {**self.read_status(), **details}
         self.write_text(self.status_path, json.dumps(record, indent=2) + "\n")
 
     def read_status(self) -> dict[str, Any]:
@@ -160,11 +174,13 @@ class RunDirectory:
             raise UsageError(f"{path} cannot be loaded safely ({first_line[:160]}); it is damaged or not an lrlab checkpoint") from None
 
 
-def _lock_owner(lock: Path) -> int | None:
+def _lock_owner(lock: Path) -> tuple[int | None, str]:
+    """The pid and host a lock names; an unreadable lock names nobody (and is stale)."""
     try:
-        return int(lock.read_text().strip())
-    except (OSError, ValueError):
-        return None
+        fields = lock.read_text().split()
+        return int(fields[0]), fields[1] if len(fields) > 1 else socket.gethostname()
+    except (OSError, ValueError, IndexError):
+        return None, socket.gethostname()
 
 
 def _process_alive(pid: int) -> bool:

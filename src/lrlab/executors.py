@@ -1,0 +1,344 @@
+"""Where the runs of a comparison train: in this process, in a pool of local processes, or as Ray tasks.
+
+Every executor trains ordinary run directories through `train_or_resume`, so `lrlab report` cannot
+tell them apart, and a worker that dies (killed, out of memory, node lost) is started again: the
+new attempt resumes from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import secrets
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from lrlab.config import RunConfig
+from lrlab.errors import UsageError
+from lrlab.runs import RunDirectory
+
+BACKENDS = ("local", "ray")
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class GridTask:
+    """One run of a comparison: a schedule label, a seed, and the run's full config."""
+
+    label: str
+    seed: int
+    config: RunConfig
+
+
+@dataclass
+class GridOutcome:
+    label: str
+    seed: int
+    state: str
+    reason: str = ""
+    retries: int = 0
+
+
+def train_or_resume(config: RunConfig, threads: int | None = None, take_over_lock: bool = False,
+                    data: Any = None, on_epoch: Callable | None = None) -> tuple[str, str]:
+    """Train one run, resuming whatever an earlier attempt left; returns its final state and reason."""
+    from lrlab.engine import Trainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = RunDirectory(config.out)
+    try:
+        Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch).fit(take_over_lock=take_over_lock)
+    except UsageError as error:
+        if run.path.exists():
+            run.write_status("failed", reason=str(error))
+        return "failed", str(error)
+    status = run.read_status()
+    return status.get("state", "unknown"), status.get("reason", "")
+
+
+class GridProgress:
+    """One progress bar over every epoch of the grid, read from the run directories themselves,
+    so it works the same whether the runs train here, in other processes or on other machines."""
+
+    def __init__(self, tasks: list[GridTask], epochs: int, show: bool):
+        self.runs = [RunDirectory(task.config.out) for task in tasks]
+        self.epochs = epochs
+        self.bar = tqdm(total=len(tasks) * epochs, initial=self.epochs_done(), desc="comparison", unit="epoch",
+                        disable=not show, file=sys.stderr, dynamic_ncols=True)
+
+    def epochs_done(self) -> int:
+        done = 0
+        for run in self.runs:
+            try:
+                rows = run.metrics_path.read_bytes().count(b"\n") - 1
+            except OSError:
+                continue
+            ended_early = rows < self.epochs and run.read_status().get("state") in ("diverged", "failed")
+            done += self.epochs if ended_early else min(max(rows, 0), self.epochs)
+        return done
+
+    def refresh(self, note: str = "") -> None:
+        self.bar.n = self.epochs_done()
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.refresh()
+
+    def say(self, line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.refresh()
+        self.bar.close()
+
+
+class InProcess:
+    """One run after another in this process: the default, and the only one that shares loaded data."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    @contextmanager
+    def session(self, out: Path) -> Iterator[None]:
+        saved = torch.get_num_threads()
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
+
+    def run(self, tasks: list[GridTask], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
+        outcomes = []
+        for index, task in enumerate(tasks, start=1):
+            where = f"run {index}/{len(tasks)}: {task.label} seed {task.seed}"
+
+            def on_epoch(epoch: int, metrics: dict[str, float], where: str = where) -> None:
+                progress.refresh(f"{where}, epoch {epoch}, test acc {metrics['test_acc']:.2%}")
+
+            progress.refresh(where)
+            state, reason = train_or_resume(task.config, self.threads, data=data, on_epoch=on_epoch)
+            outcomes.append(GridOutcome(task.label, task.seed, state, reason))
+        return outcomes
+
+
+def _train_in_worker(config: RunConfig, threads: int, take_over_lock: bool) -> None:
+    """A pool worker's whole life: SIGTERM is treated like Ctrl-C, so the run is marked interrupted."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        train_or_resume(config, threads, take_over_lock)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class LocalProcesses:
+    """Up to `workers` runs at once, each in its own process with `threads` torch threads."""
+
+    def __init__(self, workers: int, threads: int, max_retries: int):
+        self.workers, self.threads, self.max_retries = workers, threads, max_retries
+
+    @contextmanager
+    def session(self, out: Path) -> Iterator[None]:
+        yield
+
+    def run(self, tasks: list[GridTask], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
+        # spawn, not fork: a forked child would inherit torch's thread pools and any locks they hold.
+        context = multiprocessing.get_context("spawn")
+        pending: deque[tuple[GridTask, int]] = deque((task, 0) for task in tasks)
+        running: dict[Any, tuple[Any, GridTask, int]] = {}
+        outcomes: dict[tuple[str, int], GridOutcome] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < self.workers:
+                    task, attempt = pending.popleft()
+                    process = context.Process(target=_train_in_worker, args=(task.config, self.threads, attempt > 0),
+                                              name=f"lrlab {task.label} seed {task.seed}")
+                    process.start()
+                    running[process.sentinel] = (process, task, attempt)
+                for sentinel in multiprocessing.connection.wait(list(running), timeout=POLL_SECONDS):
+                    process, task, attempt = running.pop(sentinel)
+                    process.join()
+                    status = RunDirectory(task.config.out).read_status()
+                    # A signal, or an exit that left the run marked running, means the worker died
+                    # under the run rather than the run ending; only that is worth another attempt.
+                    if process.exitcode < 0 or status.get("state") in ("running", "unknown", "interrupted"):
+                        why = f"worker exited with {_exit_description(process.exitcode)}"
+                        _retry_or_give_up(task, attempt, why, self.max_retries, pending, outcomes, progress)
+                    else:
+                        outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"],
+                                                                      status.get("reason", ""), attempt)
+                progress.refresh(f"{len(running)} running, {len(pending)} waiting")
+        finally:
+            for process, _, _ in running.values():
+                process.terminate()
+            for process, _, _ in running.values():
+                process.join()
+        return [outcomes[task.label, task.seed] for task in tasks]
+
+
+def _exit_description(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"signal {signal.Signals(-exitcode).name}"
+    return f"status {exitcode}"
+
+
+def _retry_or_give_up(task: GridTask, attempt: int, why: str, max_retries: int, pending: deque,
+                      outcomes: dict, progress: GridProgress) -> None:
+    if attempt < max_retries:
+        progress.say(f"lrlab: {task.label} seed {task.seed}: {why}; retrying from its last checkpoint "
+                     f"(attempt {attempt + 2} of {max_retries + 1})")
+        pending.append((task, attempt + 1))
+        return
+    reason = f"{why}, and no retries were left (--max-retries {max_retries})"
+    progress.say(f"lrlab: {task.label} seed {task.seed} failed: {reason}")
+    RunDirectory(task.config.out).write_status("failed", reason=reason)
+    outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, "failed", reason, attempt)
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--backend ray needs Ray, which is not installed: pip install 'lrlab[ray]'") from None
+    return ray
+
+
+class RayTasks:
+    """Each run a Ray task with its own CPU (and GPU) request; joins `address`, or starts a local Ray."""
+
+    def __init__(self, address: str | None, cpus_per_run: float, gpus_per_run: float, max_retries: int,
+                 storage_given: bool):
+        self.ray = import_ray()
+        self.address, self.cpus, self.gpus = address, cpus_per_run, gpus_per_run
+        self.max_retries, self.storage_given = max_retries, storage_given
+
+    @contextmanager
+    def session(self, out: Path) -> Iterator[None]:
+        ray = self.ray
+        started_here = not ray.is_initialized()
+        if started_here:
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level="WARNING")
+            except ConnectionError as error:
+                raise UsageError(f"cannot join the Ray cluster at {self.address}: {error}; "
+                                 f"start it with `ray start --head` or drop --ray-address") from None
+        try:
+            self.check_storage(out)
+            yield
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def check_storage(self, out: Path) -> None:
+        """On a cluster, the run directories must be on storage every node sees; prove it with a token."""
+        nodes = [node for node in self.ray.nodes() if node["Alive"]]
+        if len(nodes) < 2:
+            return
+        refusal = shared_storage_refusal(out, self.storage_given, len(nodes))
+        if refusal:
+            raise UsageError(refusal)
+        token = secrets.token_hex(8)
+        marker = Path(out).resolve() / f".lrlab-storage-check-{token}"
+        marker.write_text(token)
+        try:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            probe = self.ray.remote(num_cpus=0)(_reads_token)
+            seen = self.ray.get([
+                probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(marker), token)
+                for node in nodes
+            ])
+        finally:
+            marker.unlink(missing_ok=True)
+        blind = [node.get("NodeManagerAddress", node["NodeID"]) for node, ok in zip(nodes, seen) if not ok]
+        if blind:
+            raise UsageError(f"{out} is not visible from node(s) {', '.join(blind)}; put the runs on storage every node "
+                             f"mounts (NFS, a shared volume) and pass it as --storage")
+
+    def run(self, tasks: list[GridTask], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
+        ray = self.ray
+        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(train_or_resume)
+        threads = max(1, int(self.cpus))
+
+        def submit(task: GridTask, attempt: int) -> Any:
+            absolute = replace(task.config, out=str(Path(task.config.out).resolve()))
+            return remote.remote(absolute, threads, attempt > 0)
+
+        in_flight = {submit(task, 0): (task, 0) for task in tasks}
+        outcomes: dict[tuple[str, int], GridOutcome] = {}
+        retry_queue: deque[tuple[GridTask, int]] = deque()
+        try:
+            while in_flight:
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
+                for ref in done:
+                    task, attempt = in_flight.pop(ref)
+                    try:
+                        state, reason = ray.get(ref)
+                    except ray.exceptions.RayTaskError as error:  # our code raised: a bug, not a lost worker
+                        reason = str(error).strip().splitlines()[-1][:300]
+                        outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, "failed", reason, attempt)
+                        progress.say(f"lrlab: {task.label} seed {task.seed} failed: {reason}")
+                        continue
+                    except ray.exceptions.RayError as error:  # the worker or its node died under the run
+                        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+                        _retry_or_give_up(task, attempt, why, self.max_retries, retry_queue, outcomes, progress)
+                        while retry_queue:
+                            again, next_attempt = retry_queue.popleft()
+                            in_flight[submit(again, next_attempt)] = (again, next_attempt)
+                        continue
+                    outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, state, reason, attempt)
+                progress.refresh(f"{len(in_flight)} Ray task(s) left")
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+        return [outcomes[task.label, task.seed] for task in tasks]
+
+
+def _reads_token(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def shared_storage_refusal(out: Path, storage_given: bool, nodes: int) -> str | None:
+    """Why `out` cannot hold the runs of a cluster of `nodes` machines, or None when it might."""
+    if nodes > 1 and not storage_given and not Path(out).is_absolute():
+        return (f"--out {out} is a path on this machine only, and the Ray cluster has {nodes} nodes; pass --storage DIR, "
+                f"a folder every node mounts (NFS, a shared volume), and the runs go to DIR/{out}")
+    return None
+
+
+def build_executor(backend: str = "local", workers: int = 1, cpus_per_run: float | None = None, gpus_per_run: float = 0,
+                   max_retries: int = 2, ray_address: str | None = None, storage_given: bool = False):
+    """The executor the compare options ask for, after checking that they make sense together."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if workers < 1:
+        raise UsageError(f"--workers {workers} should be at least 1")
+    if max_retries < 0:
+        raise UsageError(f"--max-retries {max_retries} should be 0 or more")
+    if cpus_per_run is not None and cpus_per_run <= 0:
+        raise UsageError(f"--cpus-per-run {cpus_per_run} should be positive")
+    if gpus_per_run < 0:
+        raise UsageError(f"--gpus-per-run {gpus_per_run} should be 0 or more")
+    if backend == "local":
+        for given, flag in ((ray_address, "--ray-address"), (gpus_per_run, "--gpus-per-run"), (storage_given, "--storage")):
+            if given:
+                raise UsageError(f"{flag} is for --backend ray; drop it or add --backend ray")
+        if workers == 1:
+            return InProcess(int(cpus_per_run) if cpus_per_run else None)
+        threads = int(cpus_per_run) if cpus_per_run else max(1, (os.cpu_count() or 1) // workers)
+        return LocalProcesses(workers, threads, max_retries)
+    if workers != 1:
+        raise UsageError("--workers is for --backend local; Ray runs as many tasks as the cluster has room for "
+                         "(set --cpus-per-run to size each)")
+    return RayTasks(ray_address, cpus_per_run or 1, gpus_per_run, max_retries, storage_given)
