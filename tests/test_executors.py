@@ -12,7 +12,12 @@ import pytest
 from lrlab.cli import main
 from lrlab.compare import Variant, aggregate, run_comparison
 from lrlab.errors import UsageError
-from lrlab.executors import InProcess, LocalProcesses, build_executor, shared_storage_refusal
+from lrlab.executors import (
+    InProcess,
+    LocalProcesses,
+    build_executor,
+    shared_storage_refusal,
+)
 from lrlab.report import verdict
 from lrlab.runs import RunDirectory
 
@@ -131,7 +136,7 @@ def test_on_a_cluster_a_path_only_this_machine_has_is_refused():
 
 
 def test_on_a_cluster_every_node_must_see_the_run_folder(tmp_path, local_ray, monkeypatch):
-    import lrlab.executors as executors
+    from lrlab import executors
 
     executor = build_executor("ray", storage_given=True)
     node = local_ray.nodes()[0]

@@ -175,10 +175,13 @@ def config_from_arguments(arguments: argparse.Namespace, defaults: dict | None =
 
 
 def _train(arguments: argparse.Namespace) -> int:
+    from lrlab.distributed import from_environment
     from lrlab.engine import train
 
     config = config_from_arguments(arguments)
     result = train(config, resume=arguments.resume, overwrite=arguments.overwrite)
+    if not from_environment().main:
+        return 0 if result.state == "finished" else 1
     summary = (f"{result.state}: {result.epochs_completed} epochs, best test accuracy {result.best_test_acc:.2%} "
                f"(epoch {result.best_epoch}), final {result.final_test_acc:.2%}, {result.seconds:.1f} s -> {result.path}")
     print(summary)

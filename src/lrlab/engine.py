@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lrlab import __version__, lrfinder
+from lrlab import __version__, distributed, lrfinder
 from lrlab.config import RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError
@@ -34,7 +34,7 @@ from lrlab.optimizers import (
     with_lr,
 )
 from lrlab.preview import doctor
-from lrlab.runs import RunDirectory
+from lrlab.runs import FollowerRun, RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
 
 CHECKPOINT_FORMAT = 1
@@ -89,11 +89,13 @@ def train_one_epoch(
     autocast: Any = nullcontext,
     progress: tqdm | None = None,
     check_every: int = 1,
+    ranks: distributed.Ranks = distributed.SINGLE,
 ) -> tuple[float, float, list[float], list[float]]:
     """One pass over `loader`; returns mean loss, accuracy, and each step's LR and loss.
 
     Loss and accuracy are summed on the device and read once at the end, so an accelerator is
     never made to wait for the host; the NaN check reads the loss every `check_every` steps.
+    Under torchrun `model` is the DDP wrapper and the figures returned are those of all ranks.
     """
     model.train()
     set_training_mode(optimizer, True)
@@ -103,45 +105,69 @@ def train_one_epoch(
     seen = 0
     step_lrs: list[float] = []
     step_losses = torch.empty(len(loader), device=device)
+    step_counts = torch.empty(len(loader), device=device)
     for index, (images, labels) in enumerate(loader):
         step_lrs.append(optimizer.param_groups[0]["lr"])
         with autocast():
             logits = model(images)
             loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if ranks.distributed:
+            # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+            # global batch makes that average the gradient of the global batch's mean loss.
+            (loss * (len(labels) * ranks.world / loader.global_batch_size(index))).backward()
+        else:
+            loss.backward()
         optimizer.step()
         schedule.after_step()
         step_losses[index] = loss.detach()
+        step_counts[index] = len(labels)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-        if (index + 1) % check_every == 0 or index + 1 == len(loader):
-            recent = step_losses[: index + 1]
-            if not torch.isfinite(recent).all():
-                first_bad = int((~torch.isfinite(recent)).nonzero()[0])
-                raise Diverged(first_step + first_bad + 1, float(recent[first_bad]))
+        if not ranks.distributed and (index + 1) % check_every == 0:
+            _check_finite(step_losses[: index + 1], first_step)
         if progress is not None:
             progress.update(1)
             if index % 10 == 0:
                 progress.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{step_lrs[-1]:.3g}", refresh=False)
-    return float(loss_sum) / seen, int(correct) / seen, step_lrs, step_losses[: len(step_lrs)].tolist()
+    steps = len(step_lrs)
+    if ranks.distributed:
+        totals = distributed.sum_over_ranks(torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]), ranks)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
+        weighted = distributed.sum_over_ranks(torch.cat([step_losses[:steps] * step_counts[:steps], step_counts[:steps]]), ranks)
+        step_losses = weighted[:steps] / weighted[steps:]
+    # Every rank sees the same reduced losses, so every rank stops at the same step.
+    _check_finite(step_losses[:steps], first_step)
+    return float(loss_sum) / seen, int(correct) / seen, step_lrs, step_losses[:steps].tolist()
+
+
+def _check_finite(step_losses: torch.Tensor, first_step: int) -> None:
+    if not torch.isfinite(step_losses).all():
+        first_bad = int((~torch.isfinite(step_losses)).nonzero()[0])
+        raise Diverged(first_step + first_bad + 1, float(step_losses[first_bad]))
 
 
 @torch.no_grad()
-def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast: Any = nullcontext) -> tuple[float, float]:
-    """Mean loss and accuracy of `model` over `loader`."""
+def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast: Any = nullcontext,
+             ranks: distributed.Ranks = distributed.SINGLE) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` over `loader` (over every rank's share under torchrun)."""
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for images, labels in loader:
+        if not len(labels):
+            continue
         with autocast():
             logits = model(images)
         loss_sum += loss_fn(logits.float(), labels) * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+    if ranks.distributed:
+        totals = distributed.sum_over_ranks(torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]), ranks)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
     return float(loss_sum) / seen, int(correct) / seen
 
 
@@ -189,10 +215,13 @@ class Trainer:
                  on_epoch: Callable[[int, dict[str, float]], None] | None = None):
         self.config = config.validate()
         self.on_epoch = on_epoch
-        self.run = RunDirectory(config.out)
+        self.ranks = distributed.from_environment()
+        self.run = RunDirectory(config.out) if self.ranks.main else FollowerRun(config.out)
+        self.quiet = config.quiet or not self.ranks.main
         self.resume, self.overwrite = resume, overwrite
-        self._check_run_directory()
-        self.device = resolve_device(config.device)
+        if self.ranks.main:
+            self._check_run_directory()
+        self.device = distributed.start(self.ranks, resolve_device(config.device))
         # Measured here: bf16 autocast with channels-last halves a small conv net's epoch on the CPU,
         # as it speeds up CUDA; MPS autocast support is patchy, so it stays in fp32.
         fast_path = self.device.type in ("cuda", "cpu")
@@ -208,23 +237,27 @@ class Trainer:
         self.train_loader = BatchLoader(
             self.data.train_images, self.data.train_labels, config.batch_size, mean, std,
             shuffle=True, augment=augment, seed=config.seed, device=self.device, channels_last=self.channels_last,
+            shard=(self.ranks.rank, self.ranks.world),
         )
         self.test_loader = BatchLoader(
             self.data.test_images, self.data.test_labels, config.eval_batch_size, mean, std,
-            device=self.device, channels_last=self.channels_last,
+            device=self.device, channels_last=self.channels_last, shard=(self.ranks.rank, self.ranks.world),
         )
         # The seed fixes the initial weights, so every schedule in a comparison starts alike.
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         model = build_model(config.model, self.data.channels, self.data.image_size, self.data.num_classes, config.width)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.forward_model = self._data_parallel() if self.ranks.distributed else self.model
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.optimizer_spec = parse_optimizer(config.optimizer)
         if self.optimizer_spec.arguments.get("lr") == "auto":
+            if self.ranks.distributed:
+                raise UsageError("lr=auto is not available under torchrun; run lrlab find-lr first and pass the LR it prints")
             self.optimizer_spec = parse_optimizer(with_lr(config.optimizer, self._auto_lr()))
         self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
         self.schedule = ScheduleDriver(parse_schedule(config.schedule), self.optimizer, config.epochs, len(self.train_loader))
-        if not config.quiet:
+        if not self.quiet:
             for line in doctor(self.schedule.spec, config.epochs, self.steps_per_epoch):
                 print(f"lrlab: note: {line}", file=sys.stderr)
             if config.deterministic:
@@ -250,9 +283,17 @@ class Trainer:
             return json.loads(record.read_text())["pick"]
         test = self.range_test()
         picked = lrfinder.write_outputs(self.run.path, [test])["pick"]
-        if not self.config.quiet:
+        if not self.quiet:
             print(f"lrlab: lr=auto picked {picked:.4g} ({lrfinder.RULES[lrfinder.AUTO_RULE]}); see {record}", file=sys.stderr)
         return picked
+
+    def _data_parallel(self) -> nn.Module:
+        """DDP around the model; on CUDA BatchNorm is synchronised so the statistics are the global batch's."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -327,15 +368,21 @@ class Trainer:
 
     def prepare(self) -> None:
         """Make the run directory ready: pick up the run to resume, or start a fresh one."""
+        if not self.ranks.main:
+            distributed.barrier(self.ranks)  # rank 0 has checked, cleared or truncated the folder
+            if self.resume and self.run.last_path.exists():
+                self.restore(self.run.load_checkpoint(self.run.last_path))
+            return
         self.run.remove_partial_writes()
         if self.resume and self.run.holds_run():
             if self.run.last_path.exists():
                 self.restore(self.run.load_checkpoint(self.run.last_path))
             self.run.truncate_to_epoch(self.epoch)
-            return
-        if self.overwrite:
-            self.run.clear()
-        self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
+        else:
+            if self.overwrite:
+                self.run.clear()
+            self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
+        distributed.barrier(self.ranks)
 
     def fit(self, take_over_lock: bool = False) -> RunResult:
         """Train for the configured epochs (or what remains of them), recording everything."""
@@ -353,8 +400,8 @@ class Trainer:
 
     def _fit(self) -> RunResult:
         self.prepare()
-        quiet = self.config.quiet
-        writer = self._tensorboard() if self.config.tensorboard else None
+        quiet = self.quiet
+        writer = self._tensorboard() if self.config.tensorboard and self.ranks.main else None
         if self.epoch >= self.config.epochs and self.run.read_status().get("state") == "finished":
             return self._result("finished")
         self.run.write_status("running", epoch=self.epoch, pid=os.getpid())
@@ -371,7 +418,8 @@ class Trainer:
             return self._result("diverged")
         except KeyboardInterrupt:
             self.run.write_status("interrupted", epoch=self.epoch, reason="stopped by the user")
-            print(f"\nlrlab: interrupted after epoch {self.epoch}; continue with: lrlab train --out {self.run.path} --resume", file=sys.stderr)
+            if self.ranks.main:
+                print(f"\nlrlab: interrupted after epoch {self.epoch}; continue with: lrlab train --out {self.run.path} --resume", file=sys.stderr)
             raise
         except (UsageError, OSError):
             raise
@@ -394,11 +442,12 @@ class Trainer:
                         disable=quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
         with progress:
             train_loss, train_acc, step_lrs, step_losses = train_one_epoch(
-                self.train_loader, self.model, self.loss_fn, self.optimizer, self.schedule,
+                self.train_loader, self.forward_model, self.loss_fn, self.optimizer, self.schedule,
                 first_step=first_step, autocast=self.autocast, progress=None if quiet else progress, check_every=check_every,
+                ranks=self.ranks,
             )
         set_training_mode(self.optimizer, False)
-        test_loss, test_acc = evaluate(self.test_loader, self.model, self.loss_fn, self.autocast)
+        test_loss, test_acc = evaluate(self.test_loader, self.model, self.loss_fn, self.autocast, self.ranks)
         metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
         self.schedule.after_epoch(metrics)
         seconds = time.perf_counter() - started
@@ -465,5 +514,12 @@ def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: in
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data: ImageData | None = None) -> RunResult:
-    """Train one model as `config` says, into `config.out`; the library's main entry point."""
-    return Trainer(config, data, resume=resume, overwrite=overwrite).fit()
+    """Train one model as `config` says, into `config.out`; the library's main entry point.
+
+    Under torchrun every process calls this; together they train one run, written by rank 0.
+    """
+    trainer = Trainer(config, data, resume=resume, overwrite=overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.stop(trainer.ranks)

@@ -210,3 +210,32 @@ def _number(text: str) -> float:
     except (TypeError, ValueError):
         return float("nan")
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+class FollowerRun(RunDirectory):
+    """The run directory as a torchrun rank other than 0 sees it: read for resuming, never written."""
+
+    @contextlib.contextmanager
+    def locked(self, take_over: bool = False) -> Iterator[None]:
+        yield
+
+    def check_writable(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def remove_partial_writes(self) -> None:
+        pass
+
+    def write_text(self, path: Path, text: str) -> None:
+        pass
+
+    def _append(self, path: Path, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> None:
+        pass
+
+    def truncate_to_epoch(self, epoch: int) -> None:
+        pass
+
+    def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        pass

@@ -13,11 +13,12 @@ import torch
 AUGMENTATIONS = ("none", "flip", "crop+flip", "crop")
 
 
-def batches_per_epoch(count: int, batch_size: int, shuffle: bool = True) -> int:
-    """Batches in one pass over `count` images."""
+def batches_per_epoch(count: int, batch_size: int, shuffle: bool = True, world: int = 1) -> int:
+    """Batches in one pass over `count` images (a batch is split over `world` processes)."""
     full, remainder = divmod(count, batch_size)
-    # A lone last sample would break BatchNorm in training mode; it is dropped when shuffling.
-    return full + (1 if remainder > 1 or (remainder == 1 and not shuffle) else 0)
+    # A last batch that would leave a training process a lone sample (which breaks BatchNorm) or
+    # none is dropped when shuffling; evaluation keeps every image.
+    return full + (1 if remainder >= 2 * world or (remainder and not shuffle) else 0)
 
 
 class BatchLoader:
@@ -36,6 +37,7 @@ class BatchLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
@@ -51,9 +53,16 @@ class BatchLoader:
         self.channels_last = channels_last
         self.epoch = 0
         self.crop_padding = max(1, images.shape[-1] // 8)
+        # Under torchrun each process takes every world-th image of the same global batch, after
+        # augmentation, so the processes together see exactly what one process would.
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
-        return batches_per_epoch(len(self.labels), self.batch_size, self.shuffle)
+        return batches_per_epoch(len(self.labels), self.batch_size, self.shuffle, self.world)
+
+    def global_batch_size(self, batch_index: int) -> int:
+        """Images in batch `batch_index` over all processes together."""
+        return min(self.batch_size, len(self.labels) - batch_index * self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -86,6 +95,8 @@ class BatchLoader:
             images, labels = self.images[index], self.labels[index]
             if self.augment != "none":
                 images = self._augment(images, generator)
+            if self.world > 1:
+                images, labels = images[self.rank :: self.world], labels[self.rank :: self.world]
             images = (images.float().div_(255) - self.mean) / self.std
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
