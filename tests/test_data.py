@@ -13,7 +13,9 @@ from PIL import Image
 
 from lrlab.data import BatchLoader, describe_datasets, idx, load_dataset
 from lrlab.data.idx import read_idx
+from lrlab.engine import train
 from lrlab.errors import UsageError
+from lrlab.runs import RunDirectory
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -266,3 +268,51 @@ def test_real_fashion_mnist_is_found_in_the_debian_folder():
     assert data.train_images.shape == (60000, 1, 28, 28) and data.test_images.shape == (10000, 1, 28, 28)
     assert data.source == str(FASHION)
     assert torch.bincount(data.test_labels).tolist() == [1000] * 10
+
+
+def write_noisy_image_folder(root: Path, per_class: int = 30, size: int = 12) -> None:
+    """Two classes told apart by brightness, with noise, as PNG files."""
+    generator = torch.Generator().manual_seed(0)
+    for label, name in enumerate(("dark", "light")):
+        (root / name).mkdir(parents=True)
+        for item in range(per_class):
+            pixels = (torch.rand(size, size, 3, generator=generator) * 128 + 100 * label).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / name / f"{item}.png")
+
+
+def test_a_folder_over_the_memory_budget_streams_and_trains_exactly_as_in_memory(tmp_path, tiny_config, capsys):
+    from lrlab.data.files import FileImages
+
+    write_noisy_image_folder(tmp_path / "images" / "train")
+    write_noisy_image_folder(tmp_path / "images" / "test", per_class=8)
+    (tmp_path / "images" / "train" / "dark" / "notes.txt").write_text("not an image")
+    dataset = f"folder:{tmp_path / 'images'}"
+    streamed = load_dataset(dataset, image_size=8, memory_budget="4K")
+    assert isinstance(streamed.train_images, FileImages) and len(streamed.train_labels) == 60
+    err = capsys.readouterr().err
+    assert "more than the memory budget" in err and "streaming it from disk" in err and "skipped 1" in err
+    in_memory = load_dataset(dataset, image_size=8)
+    assert isinstance(in_memory.train_images, torch.Tensor)
+    assert torch.equal(streamed.train_images[torch.arange(60)].__getitems__(list(range(60))), in_memory.train_images)
+    assert streamed.channel_statistics() == in_memory.channel_statistics()
+
+    runs = {}
+    for budget in ("4K", None):
+        config = tiny_config(dataset=dataset, image_size=8, batch_size=16, augment="crop+flip", memory_budget=budget,
+                             data_workers=2, out=str(tmp_path / f"run-{budget}"))
+        train(config)
+        runs[budget] = [{k: v for k, v in row.items() if "seconds" not in k} for row in RunDirectory(config.out).read_metrics()]
+    assert runs["4K"] == runs[None] and len(runs[None]) == 3
+
+
+@pytest.mark.parametrize("text, expected", [("512M", 512 * 2**20), ("8G", 8 * 2**30), ("1.5k", 1536), ("2048", 2048)])
+def test_memory_budget_sizes(text, expected):
+    from lrlab.data.files import memory_budget_bytes
+
+    assert memory_budget_bytes(text) == expected
+    assert 0 < memory_budget_bytes("0.5") < memory_budget_bytes(None) * 4
+
+
+def test_a_memory_budget_that_is_not_a_size_is_refused(tiny_config):
+    with pytest.raises(UsageError, match="--memory-budget 'lots' should be a size like 512M"):
+        tiny_config(memory_budget="lots").validate()

@@ -30,6 +30,9 @@ HELP = {
     "image_size": "resize images to N x N pixels",
     "val_fraction": "for folder:PATH without train/test folders, the fraction held out for testing",
     "strict": "stop at the first unreadable image or non-image file instead of skipping it",
+    "memory_budget": "folder data sets larger than this once decoded are streamed from disk: a size (512M, 8G) "
+                     "or a fraction of RAM (default 0.25)",
+    "data_workers": "worker processes decoding a streamed folder data set (default: min(4, cores))",
     "precision": "auto (bf16 autocast on CPU and CUDA, fp32 on MPS), fp32 or bf16",
     "channels_last": "channels-last memory format (default: on for CPU and CUDA)",
     "deterministic": "bit-identical results on CUDA too (slower there; the CPU is deterministic already)",

@@ -18,7 +18,7 @@ from lrlab.specs import suggestion
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 # Fields that change how a run is carried out, not what it computes; a resume may change them.
-RUNTIME_ONLY = ("device", "quiet", "tensorboard", "data_dir", "out")
+RUNTIME_ONLY = ("device", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers")
 
 
 @dataclass
@@ -41,6 +41,8 @@ class RunConfig:
     image_size: int | None = None
     val_fraction: float = 0.1
     strict: bool = False
+    memory_budget: str | None = None
+    data_workers: int | None = None
     precision: str = "auto"
     channels_last: bool | None = None
     deterministic: bool = False
@@ -65,6 +67,11 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1, got {value}")
+        if self.data_workers is not None and self.data_workers < 0:
+            raise UsageError(f"data_workers must be zero or positive, got {self.data_workers}")
+        from lrlab.data.files import memory_budget_bytes
+
+        memory_budget_bytes(self.memory_budget)
         if self.seed < 0:
             raise UsageError(f"seed must be zero or positive, got {self.seed}")
         if not 0 <= self.label_smoothing < 1:

@@ -205,7 +205,8 @@ def versions() -> dict[str, str]:
 
 def load_run_data(config: RunConfig) -> ImageData:
     """The data set `config` names, loaded as it says (size, split, strictness)."""
-    return load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict)
+    return load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict,
+                        config.memory_budget)
 
 
 class Trainer:
@@ -237,11 +238,12 @@ class Trainer:
         self.train_loader = BatchLoader(
             self.data.train_images, self.data.train_labels, config.batch_size, mean, std,
             shuffle=True, augment=augment, seed=config.seed, device=self.device, channels_last=self.channels_last,
-            shard=(self.ranks.rank, self.ranks.world),
+            shard=(self.ranks.rank, self.ranks.world), workers=config.data_workers,
         )
         self.test_loader = BatchLoader(
             self.data.test_images, self.data.test_labels, config.eval_batch_size, mean, std,
             device=self.device, channels_last=self.channels_last, shard=(self.ranks.rank, self.ranks.world),
+            workers=config.data_workers,
         )
         # The seed fixes the initial weights, so every schedule in a comparison starts alike.
         torch.manual_seed(config.seed)

@@ -27,10 +27,14 @@ def load_dataset(
     image_size: int | None = None,
     val_fraction: float = 0.1,
     strict: bool = False,
+    memory_budget: str | None = None,
 ) -> ImageData:
-    """Load data set `name` (see NAMES) into memory, resized to `image_size` when one is given."""
+    """Load data set `name` (see NAMES), resized to `image_size` when one is given.
+
+    Everything is held in memory, except a folder data set larger than `memory_budget` once decoded.
+    """
     if name.startswith("folder:"):
-        return folder.load(name.partition(":")[2], image_size, val_fraction, strict)
+        return folder.load(name.partition(":")[2], image_size, val_fraction, strict, memory_budget)
     if name in idx.SOURCES:
         data = idx.load(name, data_dir)
     elif name in cifar.SOURCES:

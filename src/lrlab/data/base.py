@@ -13,7 +13,8 @@ from lrlab.errors import UsageError
 
 @dataclass
 class ImageData:
-    """A data set held in memory: uint8 images (N, C, H, W) and int64 labels for each split."""
+    """A data set: uint8 images (N, C, H, W) and int64 labels for each split, in memory or, for large
+    folders, as `FileImages` decoded batch by batch."""
 
     name: str
     train_images: torch.Tensor
@@ -23,6 +24,8 @@ class ImageData:
     classes: list[str]
     source: str
     flip_makes_sense: bool = True
+    # Fixed per-channel (mean, std) where the source computes it from a sample, not from every image.
+    statistics: tuple[list[float], list[float]] | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -46,8 +49,7 @@ class ImageData:
 
     def channel_statistics(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and standard deviation of the training images, in [0, 1] units."""
-        pixels = self.train_images.transpose(0, 1).reshape(self.channels, -1).float() / 255
-        return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-3).tolist()
+        return self.statistics or pixel_statistics(self.train_images)
 
     def subset(self, limit_train: int | None, limit_test: int | None, seed: int) -> ImageData:
         """A fixed, seeded random subset of each split (the same for every schedule and run)."""
@@ -60,8 +62,14 @@ class ImageData:
                 images, labels = images[keep], labels[keep]
             splits[split] = (images, labels)
         return ImageData(
-            self.name, *splits["train"], *splits["test"], self.classes, self.source, self.flip_makes_sense
+            self.name, *splits["train"], *splits["test"], self.classes, self.source, self.flip_makes_sense, self.statistics
         )
+
+
+def pixel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), in [0, 1] units."""
+    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).float() / 255
+    return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-3).tolist()
 
 
 def cache_dir(name: str) -> Path:

@@ -1,4 +1,5 @@
-"""Image folders in torchvision's ImageFolder layout, decoded once and held in memory."""
+"""Image folders in torchvision's ImageFolder layout: decoded once into memory, or streamed from disk
+when the decoded images would not fit the memory budget."""
 
 from __future__ import annotations
 
@@ -6,34 +7,15 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.datasets import ImageFolder
-from torchvision.transforms.v2 import functional as TF
 
-from lrlab.data.base import ImageData
+from lrlab.data.base import ImageData, pixel_statistics
+from lrlab.data.files import FileImages, decode, memory_budget_bytes
 from lrlab.errors import UsageError
 
 DEFAULT_IMAGE_SIZE = 32
-
-
-def _decode(folder: ImageFolder, image_size: int, strict: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels, broken = [], [], []
-    for path, label in folder.samples:
-        try:
-            picture = folder.loader(path)
-        except (OSError, ValueError, SyntaxError) as error:
-            if strict:
-                raise UsageError(f"{path} cannot be read as an image ({error}); remove it or drop --strict") from None
-            broken.append(path)
-            continue
-        tensor = TF.pil_to_tensor(picture.convert("RGB"))
-        images.append(TF.resize(tensor, [image_size, image_size], antialias=True))
-        labels.append(label)
-    if broken:
-        print(f"lrlab: warning: skipped {len(broken)} unreadable or non-image file(s) in {folder.root}, "
-              f"e.g. {broken[0]} (pass --strict to stop instead)", file=sys.stderr)
-    if not images:
-        raise UsageError(f"{folder.root} has no readable images")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+STATISTICS_SAMPLE = 1024
 
 
 def _image_folder(path: Path) -> ImageFolder:
@@ -45,31 +27,80 @@ def _image_folder(path: Path) -> ImageFolder:
         raise UsageError(f"{path}: {error}; expected one folder per class with images in it") from None
 
 
-def load(path: str, image_size: int | None, val_fraction: float, strict: bool = False) -> ImageData:
+def _readable(folder: ImageFolder, strict: bool, check: callable) -> list[tuple[str, int]]:
+    """The samples `check` accepts; the others are skipped with a count, or stop the run with --strict."""
+    kept, broken = [], []
+    for path, label in folder.samples:
+        try:
+            check(path)
+        except (OSError, ValueError, SyntaxError) as error:
+            if strict:
+                raise UsageError(f"{path} cannot be read as an image ({error}); remove it or drop --strict") from None
+            broken.append(path)
+            continue
+        kept.append((path, label))
+    if broken:
+        print(f"lrlab: warning: skipped {len(broken)} unreadable or non-image file(s) in {folder.root}, "
+              f"e.g. {broken[0]} (pass --strict to stop instead)", file=sys.stderr)
+    if not kept:
+        raise UsageError(f"{folder.root} has no readable images")
+    return kept
+
+
+def _header_is_an_image(path: str) -> None:
+    with Image.open(path) as picture:
+        picture.size  # noqa: B018 - opening reads only the header; a non-image fails here
+
+
+def _split(folder: ImageFolder, size: int, strict: bool, stream: bool) -> tuple[torch.Tensor | FileImages, torch.Tensor]:
+    if stream:
+        samples = _readable(folder, strict, _header_is_an_image)
+        images: torch.Tensor | FileImages = FileImages([path for path, _ in samples], size)
+    else:
+        decoded = {}
+        samples = _readable(folder, strict, lambda path: decoded.__setitem__(path, decode(path, size)))
+        images = torch.stack([decoded[path] for path, _ in samples])
+    return images, torch.tensor([label for _, label in samples], dtype=torch.long)
+
+
+def _statistics(images: torch.Tensor | FileImages) -> tuple[list[float], list[float]]:
+    """Channel statistics from a fixed sample of the training images, the same in memory and streamed."""
+    sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:STATISTICS_SAMPLE].sort().values
+    picked = images[sample]
+    if isinstance(picked, FileImages):
+        picked = picked.__getitems__(list(range(len(picked))))
+    return pixel_statistics(picked)
+
+
+def load(path: str, image_size: int | None, val_fraction: float, strict: bool = False,
+         memory_budget: str | None = None) -> ImageData:
     """`path/train/<class>/*` and `path/test/<class>/*`, or one `path/<class>/*` split by `val_fraction`."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UsageError(f"folder data set {root} does not exist; pass folder:PATH with a folder of class folders")
     size = image_size or DEFAULT_IMAGE_SIZE
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train_folder, test_folder = _image_folder(root / "train"), _image_folder(root / "test")
-        if train_folder.classes != test_folder.classes:
-            only_train = sorted(set(train_folder.classes) - set(test_folder.classes))
-            only_test = sorted(set(test_folder.classes) - set(train_folder.classes))
-            raise UsageError(
-                f"{root}: train and test have different class folders "
-                f"(only in train: {only_train or 'none'}, only in test: {only_test or 'none'})"
-            )
-        train, test = _decode(train_folder, size, strict), _decode(test_folder, size, strict)
-        classes = train_folder.classes
+    budget = memory_budget_bytes(memory_budget)
+    split_folders = (root / "train").is_dir() and (root / "test").is_dir()
+    folders = [_image_folder(root / "train"), _image_folder(root / "test")] if split_folders else [_image_folder(root)]
+    if split_folders and folders[0].classes != folders[1].classes:
+        only_train = sorted(set(folders[0].classes) - set(folders[1].classes))
+        only_test = sorted(set(folders[1].classes) - set(folders[0].classes))
+        raise UsageError(f"{root}: train and test have different class folders "
+                         f"(only in train: {only_train or 'none'}, only in test: {only_test or 'none'})")
+    decoded_bytes = sum(len(f.samples) for f in folders) * 3 * size * size
+    stream = decoded_bytes > budget
+    if stream:
+        print(f"lrlab: note: {root} decodes to {decoded_bytes / 2**20:,.0f} MiB, more than the memory budget of "
+              f"{budget / 2**20:,.0f} MiB (--memory-budget); streaming it from disk with worker processes", file=sys.stderr)
+    if split_folders:
+        train, test = (_split(f, size, strict, stream) for f in folders)
     else:
         if not 0 < val_fraction < 1:
             raise UsageError(f"--val-fraction {val_fraction} should be between 0 and 1")
-        folder = _image_folder(root)
-        images, labels = _decode(folder, size, strict)
+        images, labels = _split(folders[0], size, strict, stream)
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
         held_out = max(1, round(val_fraction * len(labels)))
         test_index, train_index = order[:held_out], order[held_out:]
         train, test = (images[train_index], labels[train_index]), (images[test_index], labels[test_index])
-        classes = folder.classes
-    return ImageData(f"folder:{root}", *train, *test, classes, str(root), flip_makes_sense=True)
+    return ImageData(f"folder:{root}", *train, *test, folders[0].classes, str(root), flip_makes_sense=True,
+                     statistics=_statistics(train[0]))

@@ -1,4 +1,4 @@
-"""Batches from in-memory images by indexing, with augmentation done on whole batches.
+"""Batches from in-memory images by indexing (or decoded from disk by workers), augmented as whole batches.
 
 The order and augmentation of epoch `e` depend only on (seed, e), so every schedule given the
 same seed sees the same batches, and a resumed run sees what the uninterrupted run would have.
@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+
+from lrlab.data.files import default_workers, streamed_batches
 
 AUGMENTATIONS = ("none", "flip", "crop+flip", "crop")
 
@@ -38,6 +40,7 @@ class BatchLoader:
         device: torch.device | str = "cpu",
         channels_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        workers: int | None = None,
     ):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
@@ -56,6 +59,7 @@ class BatchLoader:
         # Under torchrun each process takes every world-th image of the same global batch, after
         # augmentation, so the processes together see exactly what one process would.
         self.rank, self.world = shard
+        self.workers = default_workers() if workers is None else workers
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.labels), self.batch_size, self.shuffle, self.world)
@@ -70,33 +74,41 @@ class BatchLoader:
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
-    def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _augment(self, images: torch.Tensor, generator: torch.Generator, batch_count: int, rows: slice) -> torch.Tensor:
+        """Crop and flip `images`, which are `rows` of a batch of `batch_count`: the random draws are
+        made for the whole batch, so a shard under torchrun gets what one process would give it."""
         count, _, height, width = images.shape
         if "crop" in self.augment:
             pad = self.crop_padding
             padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-            offsets = torch.randint(0, 2 * pad + 1, (2, count), generator=generator).to(self.device)
-            rows = (torch.arange(height, device=self.device)[None, :] + offsets[0][:, None])[:, :, None]
-            cols = (torch.arange(width, device=self.device)[None, :] + offsets[1][:, None])[:, None, :]
+            offsets = torch.randint(0, 2 * pad + 1, (2, batch_count), generator=generator)[:, rows].to(self.device)
+            rows_index = (torch.arange(height, device=self.device)[None, :] + offsets[0][:, None])[:, :, None]
+            cols_index = (torch.arange(width, device=self.device)[None, :] + offsets[1][:, None])[:, None, :]
             batch = torch.arange(count, device=self.device)[:, None, None]
-            images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+            images = padded.permute(0, 2, 3, 1)[batch, rows_index, cols_index].permute(0, 3, 1, 2)
         if "flip" in self.augment:
-            flip = (torch.rand(count, generator=generator) < 0.5).to(self.device)
+            flip = (torch.rand(batch_count, generator=generator)[rows] < 0.5).to(self.device)
             images = torch.where(flip[:, None, None, None], images.flip(3), images)
         return images
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = self._generator()
-        total = len(self.labels)
-        order = torch.randperm(total, generator=generator).to(self.device) if self.shuffle else None
-        for batch_index in range(len(self)):
-            start = batch_index * self.batch_size
-            index = order[start : start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
-            images, labels = self.images[index], self.labels[index]
+        in_memory = isinstance(self.images, torch.Tensor)
+        # In memory, the indices live where the images do, so an accelerator never waits for the host.
+        where = self.device if in_memory else torch.device("cpu")
+        order = (torch.randperm(len(self.labels), generator=generator) if self.shuffle else torch.arange(len(self.labels))).to(where)
+        batches = [order[start : start + self.batch_size] for start in range(0, len(self) * self.batch_size, self.batch_size)]
+        rows = slice(self.rank, None, self.world)
+        mine = [batch[rows] for batch in batches]
+        if in_memory:
+            fetched = (self.images[index] for index in mine)
+        else:  # images on disk: worker processes decode whole batches ahead of the training loop
+            fetched = (images.to(self.device, non_blocking=True) for images in
+                       streamed_batches(self.images, [index.tolist() for index in mine], self.workers))
+        for batch, index, images in zip(batches, mine, fetched):
+            labels = self.labels[index.to(self.device)]
             if self.augment != "none":
-                images = self._augment(images, generator)
-            if self.world > 1:
-                images, labels = images[self.rank :: self.world], labels[self.rank :: self.world]
+                images = self._augment(images, generator, len(batch), rows)
             images = (images.float().div_(255) - self.mean) / self.std
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,104 @@
+"""The peers lrlab is measured against, written the way their users write them.
+
+- the tutorial loop: the PyTorch quickstart's `train()` / `test()` over torchvision's FashionMNIST
+  with `ToTensor()` and `Normalize`, and a `DataLoader(shuffle=True)`;
+- Lightning: the same model in a `LightningModule`, fitted by `pytorch_lightning.Trainer`.
+
+Both train lrlab's own `cnn`, so only the loop around the model differs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision.transforms import Compose, Normalize, ToTensor
+
+from lrlab.models import build_model
+
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# Fashion-MNIST's training-set mean and standard deviation, as tutorials hard-code them.
+MEAN, STD = 0.2860, 0.3530
+
+
+def torchvision_root(fashion_dir: Path) -> Path:
+    """A folder laid out as torchvision's FashionMNIST expects, from the .gz files lrlab reads."""
+    root = Path(tempfile.mkdtemp(prefix="lrlab-bench-"))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FASHION_FILES:
+        with gzip.open(fashion_dir / f"{name}.gz") as source, open(raw / name, "wb") as target:
+            shutil.copyfileobj(source, target)
+    return root
+
+
+def tutorial_loaders(root: Path, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
+    transform = Compose([ToTensor(), Normalize((MEAN,), (STD,))])
+    train = datasets.FashionMNIST(root, train=True, download=False, transform=transform)
+    test = datasets.FashionMNIST(root, train=False, download=False, transform=transform)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator), DataLoader(test, batch_size=1000)
+
+
+def cnn(width: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("cnn", 1, (28, 28), 10, width)
+
+
+def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def tutorial_train(dataloader: DataLoader, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                   max_steps: int | None = None) -> None:
+    """The quickstart's train(): forward, backward, step, and a loss printout every 100 batches."""
+    model.train()
+    for batch, (X, y) in enumerate(dataloader):
+        pred = model(X)
+        loss = loss_fn(pred, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if batch % 100 == 0:
+            loss.item()  # the quickstart prints it; reading it is the cost, printing would clutter
+        if max_steps is not None and batch + 1 >= max_steps:
+            return
+
+
+def tutorial_test(dataloader: DataLoader, model: nn.Module) -> float:
+    """The quickstart's test(): accuracy over the whole test set."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for X, y in dataloader:
+            correct += (model(X).argmax(1) == y).type(torch.float).sum().item()
+    return correct / len(dataloader.dataset)
+
+
+def lightning_fit(model: nn.Module, train: DataLoader, lr: float, max_steps: int = -1, max_epochs: int | None = None) -> None:
+    import pytorch_lightning as pl
+
+    class Classifier(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.loss_fn = nn.CrossEntropyLoss()
+
+        def training_step(self, batch, batch_index):
+            images, labels = batch
+            loss = self.loss_fn(self.model(images), labels)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return sgd(self.model, lr)
+
+    trainer = pl.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Classifier(), train)
