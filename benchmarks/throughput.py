@@ -16,16 +16,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-import peers  # noqa: E402
+import peers
 
-from lrlab import RunConfig, Trainer, train  # noqa: E402
+from lrlab import RunConfig, Trainer, train
 
 LR = 0.05
 

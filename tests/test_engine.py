@@ -1,10 +1,11 @@
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from lrlab import Trainer, load_config, train
-from lrlab.engine import evaluate
+from lrlab.engine import evaluate, train_one_epoch
 from lrlab.errors import UsageError
 from lrlab.optimizers import set_training_mode
 from lrlab.runs import METRIC_COLUMNS, STEP_COLUMNS, RunDirectory
@@ -99,7 +100,7 @@ def test_tensorboard_events_are_written_when_asked(tiny_config):
     assert list(Path(config.out).glob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("model", ["mlp", "resnet", "torchvision:resnet18"])
+@pytest.mark.parametrize("model", ["mlp", "convnet", "resnet", "torchvision:resnet18"])
 def test_each_model_trains_on_grey_images(tiny_config, model):
     width = None if model.startswith("torchvision") else 4
     config = tiny_config(model=model, width=width, epochs=1, limit_train=128, limit_test=64, image_size=16 if "torchvision" in model else None)
@@ -111,6 +112,23 @@ def test_cuda_run_uses_bf16_and_channels_last_and_learns(tiny_config):
     trainer = Trainer(tiny_config(device="cuda", epochs=2))
     assert trainer.use_bf16 and trainer.channels_last
     assert trainer.fit().final_test_acc > 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the CUDA path is checked where one exists")
+def test_a_cuda_epoch_waits_for_the_device_only_at_its_end(tiny_config):
+    trainer = Trainer(tiny_config(device="cuda", augment="crop", epochs=1))
+    trainer.train_loader.set_epoch(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_one_epoch(trainer.train_loader, trainer.model, trainer.loss_fn, trainer.optimizer, trainer.schedule,
+                            first_step=0, autocast=trainer.autocast, check_every=10**6)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    assert trainer.train_loader.images.is_cuda and trainer.use_bf16 and trainer.channels_last
+    assert len(waits) <= 6 < trainer.steps_per_epoch  # the epoch's totals are read once, at its end
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")

@@ -15,7 +15,7 @@ from lrlab.errors import UsageError
 
 HELP = {
     "dataset": "data set: fashion-mnist, mnist, cifar10, cifar100, digits, synthetic or folder:PATH",
-    "model": "model: mlp, cnn, resnet or torchvision:<name> (e.g. torchvision:resnet18)",
+    "model": "model: mlp, cnn, convnet, resnet or torchvision:<name> (e.g. torchvision:resnet18)",
     "width": "base width of mlp/cnn/resnet (default: the model's own)",
     "optimizer": "optimizer spec, e.g. sgd:lr=0.05,momentum=0.9 or adamw-schedulefree:lr=0.01",
     "schedule": "schedule spec, e.g. step:step_size=5,gamma=0.5 or warmup(linear,epochs=2)+cosine:T_max=18",

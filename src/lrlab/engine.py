@@ -129,7 +129,7 @@ def train_one_epoch(
             _check_finite(step_losses[: index + 1], first_step)
         if progress is not None:
             progress.update(1)
-            if index % 10 == 0:
+            if index % (10 if device.type == "cpu" else max(check_every, 10)) == 0:  # reading the loss waits for the device
                 progress.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{step_lrs[-1]:.3g}", refresh=False)
     steps = len(step_lrs)
     if ranks.distributed:

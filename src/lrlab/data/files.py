@@ -71,10 +71,10 @@ def _as_is(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
 
-def streamed_batches(images: FileImages, batches: list[list[int]], workers: int) -> DataLoader:
+def streamed_batches(images: FileImages, batches: list[list[int]], workers: int, pin_memory: bool = False) -> DataLoader:
     """Decoded uint8 batches of `images`, in the order of `batches`, decoded ahead by worker processes."""
     return DataLoader(images, batch_sampler=batches, num_workers=workers, collate_fn=_as_is,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+                      prefetch_factor=4 if workers else None, pin_memory=pin_memory)
 
 
 def default_workers() -> int:

@@ -81,18 +81,21 @@ class BatchLoader:
         if "crop" in self.augment:
             pad = self.crop_padding
             padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-            offsets = torch.randint(0, 2 * pad + 1, (2, batch_count), generator=generator)[:, rows].to(self.device)
+            offsets = torch.randint(0, 2 * pad + 1, (2, batch_count), generator=generator, device=generator.device)[:, rows]
             rows_index = (torch.arange(height, device=self.device)[None, :] + offsets[0][:, None])[:, :, None]
             cols_index = (torch.arange(width, device=self.device)[None, :] + offsets[1][:, None])[:, None, :]
             batch = torch.arange(count, device=self.device)[:, None, None]
             images = padded.permute(0, 2, 3, 1)[batch, rows_index, cols_index].permute(0, 3, 1, 2)
         if "flip" in self.augment:
-            flip = (torch.rand(batch_count, generator=generator)[rows] < 0.5).to(self.device)
+            flip = torch.rand(batch_count, generator=generator, device=generator.device)[rows] < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(3), images)
         return images
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = self._generator()
+        # On an accelerator the augmentation draws are made there: copying them from the host would
+        # make every step wait for the device.
+        augment_generator = generator if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(generator.initial_seed())
         in_memory = isinstance(self.images, torch.Tensor)
         # In memory, the indices live where the images do, so an accelerator never waits for the host.
         where = self.device if in_memory else torch.device("cpu")
@@ -104,11 +107,11 @@ class BatchLoader:
             fetched = (self.images[index] for index in mine)
         else:  # images on disk: worker processes decode whole batches ahead of the training loop
             fetched = (images.to(self.device, non_blocking=True) for images in
-                       streamed_batches(self.images, [index.tolist() for index in mine], self.workers))
+                       streamed_batches(self.images, [index.tolist() for index in mine], self.workers, self.device.type == "cuda"))
         for batch, index, images in zip(batches, mine, fetched):
             labels = self.labels[index.to(self.device)]
             if self.augment != "none":
-                images = self._augment(images, generator, len(batch), rows)
+                images = self._augment(images, augment_generator, len(batch), rows)
             images = (images.float().div_(255) - self.mean) / self.std
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
