@@ -14,5 +14,6 @@ test:
 test-all:
 	$(PYTHON) -m pytest -q -m ''
 
-bench:
-	$(PYTHON) benchmarks/throughput.py
+bench:  ## needs pytorch-lightning for the Lightning peer; about 25 minutes on 2 cores
+	$(PYTHON) benchmarks/throughput.py --epochs 2 && $(PYTHON) benchmarks/profile_step.py && $(PYTHON) benchmarks/overhead.py \
+		&& $(PYTHON) benchmarks/speedrun.py && $(PYTHON) benchmarks/scaling.py
