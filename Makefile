@@ -15,5 +15,5 @@ test-all:
 	$(PYTHON) -m pytest -q -m ''
 
 bench:  ## needs pytorch-lightning for the Lightning peer; about 25 minutes on 2 cores
-	$(PYTHON) benchmarks/throughput.py --epochs 2 && $(PYTHON) benchmarks/profile_step.py && $(PYTHON) benchmarks/overhead.py \
+	$(PYTHON) benchmarks/throughput.py --epochs 2 && $(PYTHON) benchmarks/profile_step.py && $(PYTHON) benchmarks/compile.py && $(PYTHON) benchmarks/overhead.py \
 		&& $(PYTHON) benchmarks/speedrun.py && $(PYTHON) benchmarks/scaling.py
