@@ -177,10 +177,13 @@ class LocalProcesses:
                                                                       status.get("reason", ""), attempt)
                 progress.refresh(f"{len(running)} running, {len(pending)} waiting")
         finally:
+            # After Ctrl-C the workers, in our process group, got it too and are saving their runs
+            # as interrupted; give them the time to, then stop whatever is left.
             for process, _, _ in running.values():
-                process.terminate()
-            for process, _, _ in running.values():
-                process.join()
+                process.join(timeout=15)
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
         return [outcomes[task.label, task.seed] for task in tasks]
 
 
