@@ -160,20 +160,17 @@ def run_comparison(
         task.config.validate()
     executor = executor or InProcess()
     RunDirectory(out).check_writable()
-    _write_manifest(out, base, variants, seeds, baseline, target_acc)
-
-    data = load_run_data(base)
-    steps_per_epoch = _steps_per_epoch(base, data)
-    for variant in variants:
-        for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
-            print(f"lrlab: note: {line}", file=sys.stderr)
-
     with executor.session(out):
-        waiting = []
+        _write_manifest(out, base, variants, seeds, baseline, target_acc)
+        data = load_run_data(base)
+        steps_per_epoch = _steps_per_epoch(base, data)
+        for variant in variants:
+            for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
+                print(f"lrlab: note: {line}", file=sys.stderr)
         outcomes = {}
+        waiting = []
         for task in tasks:
-            run = RunDirectory(task.config.out)
-            status = run.read_status()
+            status = RunDirectory(task.config.out).read_status()
             if status.get("state") in ("finished", "diverged"):
                 outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"], status.get("reason", ""))
             else:

@@ -201,7 +201,6 @@ def _retry_or_give_up(task: GridTask, attempt: int, why: str, max_retries: int, 
         pending.append((task, attempt + 1))
         return
     reason = f"{why}, and no retries were left (--max-retries {max_retries})"
-    progress.say(f"lrlab: {task.label} seed {task.seed} failed: {reason}")
     RunDirectory(task.config.out).write_status("failed", reason=reason)
     outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, "failed", reason, attempt)
 
@@ -231,7 +230,7 @@ class RayTasks:
             try:
                 ray.init(address=self.address, include_dashboard=False, logging_level="WARNING")
             except ConnectionError as error:
-                raise UsageError(f"cannot join the Ray cluster at {self.address}: {error}; "
+                raise UsageError(f"cannot join the Ray cluster at {self.address} ({str(error).split('.')[0]}); "
                                  f"start it with `ray start --head` or drop --ray-address") from None
         try:
             self.check_storage(out)
@@ -288,7 +287,6 @@ class RayTasks:
                     except ray.exceptions.RayTaskError as error:  # our code raised: a bug, not a lost worker
                         reason = str(error).strip().splitlines()[-1][:300]
                         outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, "failed", reason, attempt)
-                        progress.say(f"lrlab: {task.label} seed {task.seed} failed: {reason}")
                         continue
                     except ray.exceptions.RayError as error:  # the worker or its node died under the run
                         why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
