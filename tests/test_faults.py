@@ -6,6 +6,7 @@ Each test breaks something the way it breaks in practice and checks that nothing
 import contextlib
 import errno
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -205,6 +206,36 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over_and_says_so(tiny_config,
     assert train(config).state == "finished"
     assert f"taking over the stale lock of {config.out} (process {gone.pid} is gone)" in capsys.readouterr().err
     assert not (Path(config.out) / "run.lock").exists()
+
+
+KILL_AT_STEP = """
+import os, signal, sys, torch
+real_step = torch.optim.SGD.step
+taken = 0
+def step(self, *args, **kwargs):
+    global taken
+    taken += 1
+    if taken == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_step(self, *args, **kwargs)
+torch.optim.SGD.step = step
+from lrlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("kill_at", random.Random(7).sample(range(2, 4 * 23), 3))
+def test_a_kill_at_a_random_step_resumes_to_the_uninterrupted_run(tiny_config, tmp_path, kill_at):
+    whole = tiny_config(epochs=4, schedule="onecycle:max_lr=0.1", out=str(tmp_path / "whole"))
+    train(whole)
+    killed = tiny_config(epochs=4, schedule="onecycle:max_lr=0.1", out=str(tmp_path / "killed"))
+    process = subprocess.run([sys.executable, "-c", KILL_AT_STEP.format(step=kill_at), "train",
+                              "--config", config_file(killed, tmp_path / "killed.yaml")], check=False)
+    assert process.returncode == -signal.SIGKILL
+    run = RunDirectory(killed.out)
+    assert len(run.read_metrics()) == (kill_at - 1) // 23  # the epochs finished before the kill, no more
+    assert train(killed, resume=True).state == "finished"
+    assert same_run(run, RunDirectory(whole.out))
 
 
 def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resume_matches(tiny_config, tmp_path):
