@@ -69,6 +69,15 @@ def sum_over_ranks(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return tensor
 
 
+def pass_totals(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, ranks: Ranks) -> tuple[float, int, int]:
+    """A pass's summed loss, correct predictions and images over every rank, read from the device once."""
+    if not ranks.distributed:
+        return float(loss_sum), int(correct), seen
+    counts = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=loss_sum.device)])
+    summed = sum_over_ranks(counts, ranks)
+    return float(summed[0]), int(summed[1]), int(summed[2])
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         dist.barrier()

@@ -132,14 +132,13 @@ def train_one_epoch(
             if index % (10 if device.type == "cpu" else max(check_every, 10)) == 0:  # reading the loss waits for the device
                 progress.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{step_lrs[-1]:.3g}", refresh=False)
     steps = len(step_lrs)
+    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, correct, seen, ranks)
     if ranks.distributed:
-        totals = distributed.sum_over_ranks(torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]), ranks)
-        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
         weighted = distributed.sum_over_ranks(torch.cat([step_losses[:steps] * step_counts[:steps], step_counts[:steps]]), ranks)
         step_losses = weighted[:steps] / weighted[steps:]
     # Every rank sees the same reduced losses, so every rank stops at the same step.
     _check_finite(step_losses[:steps], first_step)
-    return float(loss_sum) / seen, int(correct) / seen, step_lrs, step_losses[:steps].tolist()
+    return loss_total / seen, correct_total / seen, step_lrs, step_losses[:steps].tolist()
 
 
 def _check_finite(step_losses: torch.Tensor, first_step: int) -> None:
@@ -165,10 +164,8 @@ def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast
         loss_sum += loss_fn(logits.float(), labels) * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    if ranks.distributed:
-        totals = distributed.sum_over_ranks(torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]), ranks)
-        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
-    return float(loss_sum) / seen, int(correct) / seen
+    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, correct, seen, ranks)
+    return loss_total / seen, correct_total / seen
 
 
 @contextlib.contextmanager
