@@ -109,7 +109,7 @@ class BatchLoader:
             fetched = (images.to(self.device, non_blocking=True) for images in
                        streamed_batches(self.images, [index.tolist() for index in mine], self.workers, self.device.type == "cuda"))
         for batch, index, images in zip(batches, mine, fetched):
-            labels = self.labels[index.to(self.device)]
+            labels = self.labels[index.to(self.device, non_blocking=True)]
             if self.augment != "none":
                 images = self._augment(images, augment_generator, len(batch), rows)
             images = (images.float().div_(255) - self.mean) / self.std
