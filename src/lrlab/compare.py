@@ -176,11 +176,12 @@ def run_comparison(
             else:
                 waiting.append(task)
         progress = GridProgress(tasks, base.epochs, show_progress)
+        paths = {(task.label, task.seed): task.config.out for task in tasks}
         try:
             for outcome in executor.run(waiting, progress, data):
                 outcomes[outcome.label, outcome.seed] = outcome
                 if outcome.retries:
-                    RunDirectory(run_path(out, Variant(outcome.label, ""), outcome.seed)).add_to_status(retries=outcome.retries)
+                    RunDirectory(paths[outcome.label, outcome.seed]).add_to_status(retries=outcome.retries)
                 if outcome.state in ("diverged", "failed"):
                     progress.say(f"lrlab: {outcome.label} seed {outcome.seed} {outcome.state}: {outcome.reason}")
         finally:

@@ -171,7 +171,11 @@ class LocalProcesses:
                     # under the run rather than the run ending; only that is worth another attempt.
                     if process.exitcode < 0 or status.get("state") in ("running", "unknown", "interrupted"):
                         why = f"worker exited with {_exit_description(process.exitcode)}"
-                        _retry_or_give_up(task, attempt, why, self.max_retries, pending, outcomes, progress)
+                        given_up = _retry_or_give_up(task, attempt, why, self.max_retries, progress)
+                        if given_up is None:
+                            pending.append((task, attempt + 1))
+                        else:
+                            outcomes[task.label, task.seed] = given_up
                     else:
                         outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"],
                                                                       status.get("reason", ""), attempt)
@@ -193,16 +197,15 @@ def _exit_description(exitcode: int) -> str:
     return f"status {exitcode}"
 
 
-def _retry_or_give_up(task: GridTask, attempt: int, why: str, max_retries: int, pending: deque,
-                      outcomes: dict, progress: GridProgress) -> None:
+def _retry_or_give_up(task: GridTask, attempt: int, why: str, max_retries: int, progress: GridProgress) -> GridOutcome | None:
+    """After a worker died under `task`: None when it should be started again, else its failed outcome."""
     if attempt < max_retries:
         progress.say(f"lrlab: {task.label} seed {task.seed}: {why}; retrying from its last checkpoint "
                      f"(attempt {attempt + 2} of {max_retries + 1})")
-        pending.append((task, attempt + 1))
-        return
+        return None
     reason = f"{why}, and no retries were left (--max-retries {max_retries})"
     RunDirectory(task.config.out).write_status("failed", reason=reason)
-    outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, "failed", reason, attempt)
+    return GridOutcome(task.label, task.seed, "failed", reason, attempt)
 
 
 def import_ray() -> Any:
@@ -276,7 +279,6 @@ class RayTasks:
 
         in_flight = {submit(task, 0): (task, 0) for task in tasks}
         outcomes: dict[tuple[str, int], GridOutcome] = {}
-        retry_queue: deque[tuple[GridTask, int]] = deque()
         try:
             while in_flight:
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
@@ -290,10 +292,11 @@ class RayTasks:
                         continue
                     except ray.exceptions.RayError as error:  # the worker or its node died under the run
                         why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
-                        _retry_or_give_up(task, attempt, why, self.max_retries, retry_queue, outcomes, progress)
-                        while retry_queue:
-                            again, next_attempt = retry_queue.popleft()
-                            in_flight[submit(again, next_attempt)] = (again, next_attempt)
+                        given_up = _retry_or_give_up(task, attempt, why, self.max_retries, progress)
+                        if given_up is None:
+                            in_flight[submit(task, attempt + 1)] = (task, attempt + 1)
+                        else:
+                            outcomes[task.label, task.seed] = given_up
                         continue
                     outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, state, reason, attempt)
                 progress.refresh(f"{len(in_flight)} Ray task(s) left")

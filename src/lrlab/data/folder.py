@@ -4,7 +4,9 @@ when the decoded images would not fit the memory budget."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -27,18 +29,17 @@ def _image_folder(path: Path) -> ImageFolder:
         raise UsageError(f"{path}: {error}; expected one folder per class with images in it") from None
 
 
-def _readable(folder: ImageFolder, strict: bool, check: callable) -> list[tuple[str, int]]:
-    """The samples `check` accepts; the others are skipped with a count, or stop the run with --strict."""
+def _readable(folder: ImageFolder, strict: bool, read: Callable[[str], Any]) -> list[tuple[str, int, Any]]:
+    """(path, label, what `read` returned) for each file `read` accepts; the others are skipped with a
+    count, or stop the run with --strict."""
     kept, broken = [], []
     for path, label in folder.samples:
         try:
-            check(path)
+            kept.append((path, label, read(path)))
         except (OSError, ValueError, SyntaxError) as error:
             if strict:
                 raise UsageError(f"{path} cannot be read as an image ({error}); remove it or drop --strict") from None
             broken.append(path)
-            continue
-        kept.append((path, label))
     if broken:
         print(f"lrlab: warning: skipped {len(broken)} unreadable or non-image file(s) in {folder.root}, "
               f"e.g. {broken[0]} (pass --strict to stop instead)", file=sys.stderr)
@@ -55,12 +56,11 @@ def _header_is_an_image(path: str) -> None:
 def _split(folder: ImageFolder, size: int, strict: bool, stream: bool) -> tuple[torch.Tensor | FileImages, torch.Tensor]:
     if stream:
         samples = _readable(folder, strict, _header_is_an_image)
-        images: torch.Tensor | FileImages = FileImages([path for path, _ in samples], size)
+        images: torch.Tensor | FileImages = FileImages([path for path, _, _ in samples], size)
     else:
-        decoded = {}
-        samples = _readable(folder, strict, lambda path: decoded.__setitem__(path, decode(path, size)))
-        images = torch.stack([decoded[path] for path, _ in samples])
-    return images, torch.tensor([label for _, label in samples], dtype=torch.long)
+        samples = _readable(folder, strict, lambda path: decode(path, size))
+        images = torch.stack([image for _, _, image in samples])
+    return images, torch.tensor([label for _, label, _ in samples], dtype=torch.long)
 
 
 def _statistics(images: torch.Tensor | FileImages) -> tuple[list[float], list[float]]:
