@@ -75,3 +75,8 @@ def http_server(root: Path):
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall-clock columns, which no two runs share."""
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]

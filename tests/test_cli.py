@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import without_timing
 
 from lrlab.cli import main
 from lrlab.runs import RunDirectory
@@ -65,8 +66,7 @@ def test_config_file_gives_the_same_run_as_the_options(tmp_path):
     values["out"] = str(tmp_path / "b")
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(values))
     assert main(["train", "--config", str(tmp_path / "b.yaml")]) == 0
-    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
-    assert strip(RunDirectory(tmp_path / "a").read_metrics()) == strip(RunDirectory(tmp_path / "b").read_metrics())
+    assert without_timing(RunDirectory(tmp_path / "a").read_metrics()) == without_timing(RunDirectory(tmp_path / "b").read_metrics())
 
 
 def test_options_on_the_command_line_override_the_config_file(tmp_path):

@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import without_timing
 
 from lrlab import RunConfig, Trainer, train
 from lrlab.cli import main
@@ -65,9 +66,8 @@ def test_a_comparison_stopped_half_way_continues_where_it_stopped(base, tmp_path
     assert len(half.read_metrics()) == 1 and half.read_status()["state"] == "interrupted"
     run_comparison(base, variants, [0], base.out, show_progress=False)
     assert finished.metrics_path.read_bytes() == finished_bytes  # the finished run was skipped, not redone
-    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
     expected = RunDirectory(Path(reference.out) / "cosine_T_max=3" / "seed-0").read_metrics()
-    assert strip(half.read_metrics()) == strip(expected)
+    assert without_timing(half.read_metrics()) == without_timing(expected)
 
 
 def test_a_diverged_run_is_reported_and_not_averaged_in(base):

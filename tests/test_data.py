@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import http_server, idx_bytes, write_cifar10_archive, write_idx_set
+from helpers import (
+    http_server,
+    idx_bytes,
+    without_timing,
+    write_cifar10_archive,
+    write_idx_set,
+)
 from PIL import Image
 
 from lrlab.data import BatchLoader, describe_datasets, idx, load_dataset
@@ -301,7 +307,7 @@ def test_a_folder_over_the_memory_budget_streams_and_trains_exactly_as_in_memory
         config = tiny_config(dataset=dataset, image_size=8, batch_size=16, augment="crop+flip", memory_budget=budget,
                              data_workers=2, out=str(tmp_path / f"run-{budget}"))
         train(config)
-        runs[budget] = [{k: v for k, v in row.items() if "seconds" not in k} for row in RunDirectory(config.out).read_metrics()]
+        runs[budget] = without_timing(RunDirectory(config.out).read_metrics())
     assert runs["4K"] == runs[None] and len(runs[None]) == 3
 
 

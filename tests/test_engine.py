@@ -13,9 +13,6 @@ from lrlab.runs import METRIC_COLUMNS, STEP_COLUMNS, RunDirectory
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def without_timing(rows):
-    return [{k: v for k, v in row.items() if k not in ("seconds", "elapsed_seconds")} for row in rows]
-
 
 def test_a_run_leaves_a_complete_run_directory(tiny_config):
     config = tiny_config(schedule="step:step_size=1,gamma=0.5", epochs=3)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import without_timing
 
 from lrlab.cli import main
 from lrlab.compare import Variant, aggregate, run_comparison
@@ -24,9 +25,6 @@ from lrlab.runs import RunDirectory
 VARIANTS = [Variant("constant", "constant"), Variant("step", "step:step_size=1,gamma=0.5")]
 SEEDS = [0, 1]
 
-
-def without_timing(rows):
-    return [{k: v for k, v in row.items() if k not in ("seconds", "elapsed_seconds")} for row in rows]
 
 
 def grid_numbers(out: Path) -> dict:

@@ -15,16 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import without_timing
 
 from lrlab import Trainer, train
 from lrlab.cli import main
 from lrlab.config import config_yaml
 from lrlab.errors import UsageError
 from lrlab.runs import RunDirectory
-
-
-def without_timing(rows):
-    return [{k: v for k, v in row.items() if k not in ("seconds", "elapsed_seconds")} for row in rows]
 
 
 def same_run(a: RunDirectory, b: RunDirectory) -> bool:
@@ -121,11 +118,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_config, tmp_path)
     assert 2 <= done_before_kill < epochs
     result = train(killed, resume=True)
     assert result.state == "finished" and result.epochs_completed == epochs
-    whole, resumed = RunDirectory(uninterrupted.out), RunDirectory(killed.out)
-    assert without_timing(resumed.read_metrics()) == without_timing(whole.read_metrics())
-    assert resumed.read_steps() == whole.read_steps()
-    final = lambda run: torch.load(run.last_path, weights_only=True)["model"]
-    assert all(torch.equal(a, b) for a, b in zip(final(whole).values(), final(resumed).values()))
+    assert same_run(RunDirectory(killed.out), RunDirectory(uninterrupted.out))
 
 
 def test_a_nan_loss_ends_the_run_as_diverged_and_keeps_the_best_checkpoint(tiny_config):

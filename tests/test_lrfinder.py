@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import without_timing
 
 from lrlab import Trainer, train
 from lrlab.cli import main
@@ -68,8 +69,7 @@ def test_a_run_after_a_range_test_equals_a_run_without_one(tiny_config, tmp_path
     tested = Trainer(tiny_config(out=str(tmp_path / "tested")))
     tested.range_test(steps=20)
     tested.fit()
-    strip = lambda c: [{k: v for k, v in r.items() if "seconds" not in k} for r in RunDirectory(c).read_metrics()]
-    assert strip(plain.out) == strip(tested.config.out)
+    assert without_timing(RunDirectory(plain.out).read_metrics()) == without_timing(RunDirectory(tested.config.out).read_metrics())
 
 
 def test_the_test_stops_early_once_the_loss_runs_away(tiny_config):
