@@ -9,10 +9,9 @@ from helpers import without_timing
 
 from lrlab import RunConfig, Trainer, train
 from lrlab.cli import main
+from lrlab.aggregate import Variant, aggregate
 from lrlab.compare import (
     PRESETS,
-    Variant,
-    aggregate,
     run_comparison,
     run_config,
     variants_from_specs,
@@ -256,3 +255,28 @@ def test_train_prints_doctors_warnings_before_it_starts(tiny_config, capsys):
 def test_doctor_command_exits_1_when_it_warns(capsys):
     assert main(["doctor", "cosine:T_max=50", "--epochs", "20"]) == 1
     assert main(["doctor", "cosine:T_max=20", "--epochs", "20"]) == 0
+
+
+def _lrlab_imports_at_module_level(module: str) -> set[str]:
+    """Every lrlab module `module` loads when imported, following module-level imports only."""
+    import ast
+    import importlib.util
+
+    seen, waiting = set(), [module]
+    while waiting:
+        name = waiting.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+        for node in tree.body:
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            waiting += [n for n in names if n.startswith("lrlab.")]
+    return seen
+
+
+def test_rebuilding_a_report_imports_neither_the_grid_runner_nor_the_engine():
+    loaded = _lrlab_imports_at_module_level("lrlab.report")
+    assert "lrlab.aggregate" in loaded
+    assert not {"lrlab.compare", "lrlab.engine", "lrlab.executors"} & loaded

@@ -11,7 +11,8 @@ import pytest
 from helpers import without_timing
 
 from lrlab.cli import main
-from lrlab.compare import Variant, aggregate, run_comparison
+from lrlab.aggregate import Variant, aggregate
+from lrlab.compare import run_comparison
 from lrlab.errors import UsageError
 from lrlab.executors import (
     InProcess,

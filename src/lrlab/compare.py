@@ -1,4 +1,4 @@
-"""Schedules side by side: a grid of ordinary runs (schedule x seed), then statistics across seeds.
+"""Schedules side by side: a grid of ordinary runs (schedule x seed); `aggregate` reads the results back.
 
 Every run of one seed starts from the same weights and sees the same batches, so differences
 between schedules are paired. A finished run is skipped and an unfinished one resumed, so a
@@ -8,39 +8,19 @@ comparison stopped half-way continues where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lrlab.config import RunConfig, config_from_dict
+from lrlab.aggregate import MANIFEST, Variant, read_manifest, run_path
+from lrlab.config import RunConfig
 from lrlab.data.loader import batches_per_epoch
 from lrlab.errors import UsageError
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
 from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
-from lrlab.stats import (
-    PairedDifference,
-    Summary,
-    area_under_curve,
-    epochs_to_target,
-    paired_difference,
-    seconds_to_target,
-    summarize,
-)
-
-MANIFEST = "comparison.json"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One arm of a comparison: a schedule, and optionally its own optimizer."""
-
-    label: str
-    schedule: str
-    optimizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,10 +70,6 @@ def variants_from_specs(specs: list[str]) -> list[Variant]:
     return [Variant(label, spec) for label, spec in zip(labels, specs)]
 
 
-def run_path(out: Path, variant: Variant, seed: int) -> Path:
-    return out / variant.label / f"seed-{seed}"
-
-
 def run_config(base: RunConfig, variant: Variant, seed: int, out: Path) -> RunConfig:
     return replace(base, schedule=variant.schedule, optimizer=variant.optimizer or base.optimizer,
                    seed=seed, out=str(run_path(out, variant, seed)), quiet=True)
@@ -119,15 +95,6 @@ def _write_manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: 
         manifest["variants"] = list(known.values())
         manifest["seeds"] = sorted(set(existing["seeds"]) | set(seeds))
     RunDirectory(out).write_text(path, json.dumps(manifest, indent=2) + "\n")
-
-
-def read_manifest(out: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(out) / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{out} holds no comparison ({MANIFEST} is missing); run lrlab compare first") from None
-    except ValueError:
-        raise UsageError(f"{Path(out) / MANIFEST} is damaged; run lrlab compare again with the same --out") from None
 
 
 def run_comparison(
@@ -194,89 +161,3 @@ def _steps_per_epoch(base: RunConfig, data) -> int:
     return max(1, batches_per_epoch(count, base.batch_size))
 
 
-@dataclass
-class ScheduleResult:
-    """Everything the report says about one schedule, across its seeds."""
-
-    label: str
-    schedule: str
-    optimizer: str
-    seeds: list[int]
-    states: dict[int, str]
-    final_acc: Summary | None
-    best_acc: Summary | None
-    auc: Summary | None
-    difference: PairedDifference | None  # final accuracy minus the baseline's, paired by seed
-    epochs_to_target: list[int | None]
-    seconds_to_target: list[float | None]
-    curves: dict[int, list[dict[str, float]]]  # seed -> metrics rows
-    steps: dict[int, list[dict[str, float]]]  # seed -> per-step rows (first seed only, for LR plots)
-    retries: dict[int, int]  # seed -> times its worker died and the run was restarted
-
-    @property
-    def finished_seeds(self) -> list[int]:
-        return [s for s in self.seeds if self.states.get(s) == "finished"]
-
-
-@dataclass
-class Comparison:
-    out: Path
-    baseline: str
-    target_acc: float
-    epochs: int
-    base_config: dict[str, Any]
-    results: list[ScheduleResult]
-
-
-def aggregate(out: str | Path) -> Comparison:
-    """Read every run of the comparison in `out` and compute the figures of the report."""
-    out = Path(out)
-    manifest = read_manifest(out)
-    base = config_from_dict(manifest["base_config"], str(out / MANIFEST))
-    variants = [Variant(**v) for v in manifest["variants"]]
-    seeds = manifest["seeds"]
-    finals: dict[str, dict[int, float]] = {}
-    gathered = []
-    for variant in variants:
-        states, curves, steps, retries = {}, {}, {}, {}
-        for seed in seeds:
-            run = RunDirectory(run_path(out, variant, seed))
-            status = run.read_status() if run.path.exists() else {"state": "missing"}
-            states[seed] = status.get("state", "missing")
-            if status.get("retries"):
-                retries[seed] = status["retries"]
-            rows = run.read_metrics()
-            if rows:
-                curves[seed] = rows
-                if not steps:
-                    steps[seed] = run.read_steps()
-            if states[seed] == "finished" and rows:
-                finals.setdefault(variant.label, {})[seed] = rows[-1]["test_acc"]
-        gathered.append((variant, states, curves, steps, retries))
-    baseline = manifest["baseline"]
-    baseline_finals = finals.get(baseline, {})
-    target = manifest.get("target_acc")
-    if target is None:
-        target = math.fsum(baseline_finals.values()) / len(baseline_finals) if baseline_finals else math.nan
-    results = []
-    for variant, states, curves, steps, retries in gathered:
-        finished = [s for s in seeds if states[s] == "finished" and s in curves]
-        final = [curves[s][-1]["test_acc"] for s in finished]
-        best = [max(r["test_acc"] for r in curves[s]) for s in finished]
-        auc = [area_under_curve([r["test_acc"] for r in curves[s]]) for s in finished]
-        paired = [s for s in finished if s in baseline_finals]
-        difference = None
-        if paired and variant.label != baseline:
-            difference = paired_difference([finals[variant.label][s] for s in paired], [baseline_finals[s] for s in paired])
-        accuracy_curves = {s: [r["test_acc"] for r in curves[s]] for s in finished}
-        results.append(ScheduleResult(
-            label=variant.label, schedule=variant.schedule, optimizer=variant.optimizer or base.optimizer,
-            seeds=seeds, states=states,
-            final_acc=summarize(final) if final else None, best_acc=summarize(best) if best else None,
-            auc=summarize(auc) if auc else None, difference=difference,
-            epochs_to_target=[epochs_to_target(accuracy_curves[s], target) for s in finished],
-            seconds_to_target=[seconds_to_target(accuracy_curves[s], [r["elapsed_seconds"] for r in curves[s]], target)
-                               for s in finished],
-            curves=curves, steps=steps, retries=retries,
-        ))
-    return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results)

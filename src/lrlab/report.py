@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lrlab.compare import Comparison, ScheduleResult, aggregate
+from lrlab.aggregate import Comparison, ScheduleResult, aggregate
 from lrlab.runs import RunDirectory
 
 PLOTS = ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
