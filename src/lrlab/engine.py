@@ -294,6 +294,11 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
+    def drive(self, optimizer: torch.optim.Optimizer) -> None:
+        """Let the schedule drive `optimizer` instead (a group's ArmOptimizer); before `prepare`, which restores into it."""
+        self.optimizer = optimizer
+        self.schedule = ScheduleDriver(self.schedule.spec, optimizer, self.config.epochs, self.steps_per_epoch)
+
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
@@ -401,7 +406,7 @@ class Trainer:
         self.prepare()
         quiet = self.quiet
         writer = self._tensorboard() if self.config.tensorboard and self.ranks.main else None
-        if self.epoch >= self.config.epochs and self.run.read_status().get("state") == "finished":
+        if self.is_finished():
             return self._result("finished")
         self.run.write_status("running", epoch=self.epoch, pid=os.getpid())
         # On an accelerator, reading the loss forces a wait; check for NaN less often there.
@@ -410,26 +415,44 @@ class Trainer:
             while self.epoch < self.config.epochs:
                 self._run_epoch(quiet, writer, check_every)
         except Diverged as diverged:
-            self.run.write_status("diverged", epoch=self.epoch + 1, step=diverged.step, loss=str(diverged.loss),
-                                  reason=f"loss became {diverged.loss} at step {diverged.step} (epoch {self.epoch + 1}); lower the LR")
-            if not quiet:
-                print(f"lrlab: run diverged at step {diverged.step} (epoch {self.epoch + 1}); best.pt keeps epoch {self.best_epoch}", file=sys.stderr)
-            return self._result("diverged")
+            return self.end_diverged(diverged)
         except KeyboardInterrupt:
-            self.run.write_status("interrupted", epoch=self.epoch, reason="stopped by the user")
-            if self.ranks.main:
-                print(f"\nlrlab: interrupted after epoch {self.epoch}; continue with: lrlab train --out {self.run.path} --resume", file=sys.stderr)
+            self.end_interrupted()
             raise
         except (UsageError, OSError):
             raise
         except Exception as error:
-            self.run.write_status("failed", epoch=self.epoch, reason=f"{type(error).__name__}: {error}")
+            self.end_failed(error)
             raise
         finally:
             if writer is not None:
                 writer.close()
+        return self.end_finished()
+
+    # How a run ends; a group of runs ends each of its runs the same way.
+
+    def end_diverged(self, diverged: Diverged) -> RunResult:
+        self.run.write_status("diverged", epoch=self.epoch + 1, step=diverged.step, loss=str(diverged.loss),
+                              reason=f"loss became {diverged.loss} at step {diverged.step} (epoch {self.epoch + 1}); lower the LR")
+        if not self.quiet:
+            print(f"lrlab: run diverged at step {diverged.step} (epoch {self.epoch + 1}); best.pt keeps epoch {self.best_epoch}", file=sys.stderr)
+        return self._result("diverged")
+
+    def end_interrupted(self) -> None:
+        self.run.write_status("interrupted", epoch=self.epoch, reason="stopped by the user")
+        if self.ranks.main:
+            print(f"\nlrlab: interrupted after epoch {self.epoch}; continue with: lrlab train --out {self.run.path} --resume", file=sys.stderr)
+
+    def end_failed(self, error: BaseException) -> None:
+        self.run.write_status("failed", epoch=self.epoch, reason=f"{type(error).__name__}: {error}")
+
+    def end_finished(self) -> RunResult:
         self.run.write_status("finished", epoch=self.epoch, best_test_acc=self.best_test_acc, best_epoch=self.best_epoch)
         return self._result("finished")
+
+    def is_finished(self) -> bool:
+        """Whether the run has nothing left to train (after `prepare`)."""
+        return self.epoch >= self.config.epochs and self.run.read_status().get("state") == "finished"
 
     def _run_epoch(self, quiet: bool, writer: Any, check_every: int) -> None:
         epoch = self.epoch + 1
@@ -448,6 +471,14 @@ class Trainer:
         set_training_mode(self.optimizer, False)
         test_loss, test_acc = evaluate(self.test_loader, self.model, self.loss_fn, self.autocast, self.ranks)
         metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+        self.record_epoch(metrics, lr_at_start, first_step, step_lrs, step_losses, started, quiet, writer)
+
+    def record_epoch(self, metrics: dict[str, float], lr_at_start: float, first_step: int, step_lrs: list[float],
+                     step_losses: list[float], started: float, quiet: bool, writer: Any = None) -> None:
+        """After an epoch's training and evaluation (here or in a group): step the schedule, write rows and checkpoints."""
+        epoch = self.epoch + 1
+        test_loss, test_acc = metrics["test_loss"], metrics["test_acc"]
+        train_loss, train_acc = metrics["train_loss"], metrics["train_acc"]
         self.schedule.after_epoch(metrics)
         seconds = time.perf_counter() - started
         self.elapsed_seconds += seconds

@@ -1,0 +1,220 @@
+"""A group of runs that see the same batches (the arms of one seed), trained in one pass over the data.
+
+Each run is an ordinary `Trainer` (its run directory, checkpoints, resume, its own torch scheduler
+and its own fate); only the arithmetic is shared: the arms' models are stacked (`StackedModel`)
+and stepped by one `VectorOptimizer`. At the end of every epoch each arm's weights and optimizer
+state go back into its Trainer, which evaluates nothing itself but records the epoch exactly as a
+run trained alone would (`Trainer.record_epoch`). An arm whose loss turns NaN leaves the group
+at once and ends `diverged`; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from lrlab.config import RunConfig
+from lrlab.engine import Diverged, RunResult, Trainer, deterministic_algorithms
+from lrlab.errors import UsageError
+from lrlab.optimizers import parse_optimizer
+from lrlab.runs import RunDirectory
+from lrlab.stacked import StackedModel
+from lrlab.vectorized import ArmOptimizer, VectorOptimizer, vectorizable
+from lrlab.vectorized import group_key as optimizer_group_key
+
+# What may differ between the runs of one group: how they step, and where they write.
+PER_RUN_FIELDS = ("schedule", "optimizer", "out", "quiet")
+
+
+def group_key(config: RunConfig) -> tuple | None:
+    """Runs with equal keys can share a pass; None for a run that must train alone (its optimizer
+    is not vectorized, its LR is found by a range test, or it writes TensorBoard events)."""
+    spec = parse_optimizer(config.optimizer)
+    if not vectorizable(spec) or spec.arguments.get("lr") == "auto" or config.tensorboard:
+        return None
+    shared = replace(config, **{name: "" for name in PER_RUN_FIELDS if name != "quiet"}, quiet=True)
+    return (tuple(sorted(shared.to_dict().items(), key=lambda item: item[0])), optimizer_group_key(spec))
+
+
+def train_group(configs: list[RunConfig], data=None, on_epoch: list[Callable | None] | None = None,
+                take_over_lock: bool = False) -> list[RunResult]:
+    """Train (or resume) `configs`, which share a `group_key`, together; one RunResult per config."""
+    keys = {group_key(config) for config in configs}
+    if len(keys) != 1 or None in keys:
+        raise ValueError("these runs cannot share a pass; group them with group_key first")
+    on_epoch = on_epoch or [None] * len(configs)
+    trainers = [Trainer(config, data, resume=RunDirectory(config.out).holds_run(), on_epoch=callback)
+                for config, callback in zip(configs, on_epoch)]
+    for trainer in trainers:
+        trainer.drive(ArmOptimizer(trainer.optimizer_spec, trainer.model.parameters()))
+    return GroupTrainer(trainers).fit(take_over_lock)
+
+
+@dataclass
+class GroupEpoch:
+    """What one epoch of a group gave each arm (indexed like the group's members)."""
+
+    loss_sums: list[float]
+    correct: list[int]
+    seen: int
+    step_lrs: list[list[float]]
+    step_losses: list[list[float]]
+    diverged: dict[int, Diverged] = field(default_factory=dict)
+
+
+class GroupTrainer:
+    """Carries out Trainers that share their batches, epoch by epoch, as one stacked model."""
+
+    def __init__(self, trainers: list[Trainer]):
+        self.trainers = trainers
+
+    def fit(self, take_over_lock: bool = False) -> list[RunResult]:
+        results: dict[int, RunResult] = {}
+        with contextlib.ExitStack() as held:
+            for trainer in self.trainers:
+                held.enter_context(trainer.run.locked(take_over_lock))
+            held.enter_context(deterministic_algorithms(self.trainers[0].config.deterministic))
+            for trainer in self.trainers:
+                trainer.prepare()
+            active = [trainer for trainer in self.trainers if not trainer.is_finished()]
+            for trainer in active:
+                trainer.run.write_status("running", epoch=trainer.epoch, pid=os.getpid())
+            try:
+                while active:
+                    # Runs resumed from checkpoints written at different epochs catch up first.
+                    epoch = min(trainer.epoch for trainer in active)
+                    members = [trainer for trainer in active if trainer.epoch == epoch]
+                    for trainer, diverged in self._run_epoch(members).items():
+                        results[id(trainer)] = trainer.end_diverged(diverged)
+                    active = [t for t in active if id(t) not in results]
+                    for trainer in [t for t in active if t.epoch >= t.config.epochs]:
+                        results[id(trainer)] = trainer.end_finished()
+                    active = [t for t in active if id(t) not in results]
+            except KeyboardInterrupt:
+                for trainer in active:
+                    trainer.end_interrupted()
+                raise
+            except OSError as error:
+                message = (f"cannot write the runs of this group ({error.strerror or error}); the last good "
+                           f"checkpoints are kept: free space or fix the folders, then run the comparison again")
+                for trainer in active:
+                    with contextlib.suppress(OSError):
+                        trainer.run.write_status("failed", epoch=trainer.epoch, reason=message)
+                raise UsageError(message) from None
+            except UsageError:
+                raise
+            except Exception as error:
+                for trainer in active:
+                    trainer.end_failed(error)
+                raise
+        return [results.get(id(trainer)) or trainer._result("finished") for trainer in self.trainers]
+
+    def _run_epoch(self, members: list[Trainer]) -> dict[Trainer, Diverged]:
+        """Train and evaluate `members` for one epoch; record the epoch of each arm that did not diverge."""
+        first = members[0]
+        started = time.perf_counter()
+        lrs_at_start = [trainer.optimizer.param_groups[0]["lr"] for trainer in members]
+        first_step = first.schedule.step_count
+        stacked = StackedModel([trainer.model for trainer in members], first.loss_fn)
+        optimizer = VectorOptimizer(stacked.parameter_list(), [trainer.optimizer for trainer in members])
+        first.train_loader.set_epoch(first.epoch + 1)
+        check_every = 1 if first.device.type == "cpu" else 50
+        trained = train_group_epoch(first.train_loader, stacked, optimizer, [t.schedule for t in members],
+                                    first_step=first_step, autocast=first.autocast, check_every=check_every)
+        survivors = [index for index in range(len(members)) if index not in trained.diverged]
+        stacked.copy_into(members[index].model for index in survivors)
+        optimizer.export_state()
+        test_losses, test_accs = evaluate_group(first.test_loader, stacked, autocast=first.autocast)
+        for position, index in enumerate(survivors):
+            metrics = {"train_loss": trained.loss_sums[index] / trained.seen, "train_acc": trained.correct[index] / trained.seen,
+                       "test_loss": test_losses[position], "test_acc": test_accs[position]}
+            members[index].record_epoch(metrics, lrs_at_start[index], first_step, trained.step_lrs[index],
+                                        trained.step_losses[index], started, quiet=True)
+        return {members[index]: diverged for index, diverged in trained.diverged.items()}
+
+
+def train_group_epoch(loader, stacked: StackedModel, optimizer: VectorOptimizer, schedules: list, *, first_step: int,
+                      autocast: Callable = contextlib.nullcontext, check_every: int = 1) -> GroupEpoch:
+    """One pass over `loader` for every arm at once: the shape of `engine.train_one_epoch`, per arm.
+
+    An arm whose loss is not finite leaves the stack (and the optimizer) at the check that finds
+    it; it cannot disturb the others before that, since no arm's numbers feed another's.
+    """
+    arms = stacked.arms
+    device = stacked.parameter_list()[0].device
+    alive = list(range(arms))
+    step_losses = torch.full((len(loader), arms), math.nan, device=device)
+    loss_sums = torch.zeros(arms, device=device)
+    correct = torch.zeros(arms, device=device, dtype=torch.long)
+    step_lrs: list[list[float]] = [[] for _ in range(arms)]
+    diverged: dict[int, Diverged] = {}
+    seen, checked, steps = 0, 0, 0
+    for index, (images, labels) in enumerate(loader):
+        for arm in alive:
+            step_lrs[arm].append(schedules[arm].optimizer.param_groups[0]["lr"])
+        with autocast():
+            losses, logits = stacked.losses_and_logits(images, labels)
+        optimizer.zero_grad()
+        losses.sum().backward()
+        optimizer.step()
+        for arm in alive:
+            schedules[arm].after_step()
+        rows = torch.tensor(alive, device=device)
+        losses = losses.detach().float()
+        step_losses[index, rows] = losses
+        loss_sums[rows] += losses * len(labels)
+        correct[rows] += (logits.argmax(-1) == labels).sum(1)
+        seen += len(labels)
+        steps = index + 1
+        if steps % check_every == 0 or steps == len(loader):
+            alive = _drop_diverged(step_losses[checked:steps], alive, first_step + checked, diverged, stacked, optimizer)
+            checked = steps
+            if not alive:
+                break
+    losses_by_arm = step_losses[:steps].T.tolist()
+    return GroupEpoch(loss_sums.tolist(), correct.tolist(), seen, step_lrs,
+                      [losses_by_arm[arm] for arm in range(arms)], diverged)
+
+
+def _drop_diverged(window: torch.Tensor, alive: list[int], first_step: int, diverged: dict[int, Diverged],
+                   stacked: StackedModel, optimizer: VectorOptimizer) -> list[int]:
+    """Mark each alive arm with a non-finite loss in `window` (steps after `first_step`) diverged; the rest go on."""
+    finite = torch.isfinite(window[:, alive]).all(0).tolist()
+    if all(finite):
+        return alive
+    for arm, ok in zip(alive, finite):
+        if not ok:
+            first_bad = int((~torch.isfinite(window[:, arm])).nonzero()[0])
+            diverged[arm] = Diverged(first_step + first_bad + 1, float(window[first_bad, arm]))
+    keep = [position for position, ok in enumerate(finite) if ok]
+    if keep:
+        stacked.keep(keep)
+        optimizer.keep(keep, stacked.parameter_list())
+    return [alive[position] for position in keep]
+
+
+@torch.no_grad()
+def evaluate_group(loader, stacked: StackedModel, autocast: Callable = contextlib.nullcontext) -> tuple[list[float], list[float]]:
+    """Each arm's mean loss and accuracy over `loader`, as `engine.evaluate` gives one model's."""
+    arms = stacked.arms
+    device = stacked.parameter_list()[0].device
+    loss_sums = torch.zeros(arms, device=device)
+    correct = torch.zeros(arms, device=device, dtype=torch.long)
+    seen = 0
+    per_arm_loss = torch.func.vmap(stacked.loss_fn, in_dims=(0, None))
+    for images, labels in loader:
+        if not len(labels):
+            continue
+        with autocast():
+            logits = stacked.logits(images)
+        loss_sums += per_arm_loss(logits.float(), labels) * len(labels)
+        correct += (logits.argmax(-1) == labels).sum(1)
+        seen += len(labels)
+    # Divided in float64, as engine.evaluate divides the Python float it reads.
+    return (loss_sums.double() / seen).tolist(), (correct.double() / seen).tolist()
