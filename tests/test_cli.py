@@ -122,3 +122,56 @@ def test_every_shipped_config_file_is_valid():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_version_prints_the_package_version():
+    from lrlab import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"lrlab {__version__}"
+
+
+COMMANDS_WITH_THEIR_LEAST_ARGUMENTS = {
+    "train": ["--out", "x"], "compare": ["--preset", "article", "--out", "x"], "find-lr": ["--out", "x"], "report": ["x"],
+    "preview": ["constant"], "doctor": ["constant"], "datasets": [], "schedules": [],
+}
+
+
+def test_every_command_accepts_quiet():
+    from lrlab.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == set(COMMANDS_WITH_THEIR_LEAST_ARGUMENTS)
+    for command, arguments in COMMANDS_WITH_THEIR_LEAST_ARGUMENTS.items():
+        assert build_parser().parse_args([command, *arguments, "--quiet"]).quiet is True
+
+
+def test_find_lr_quiet_prints_only_the_picked_lr(tmp_path, capsys):
+    assert main(["find-lr", "--dataset", "digits", "--width", "4", "--steps", "10", "--out", str(tmp_path / "lr"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("lr=") and len(captured.out.splitlines()) == 1 and captured.err == ""
+
+
+def _option_help(command: str) -> dict[str, str]:
+    """Each option of `lrlab <command> --help` and its help text on one line."""
+    from lrlab.cli import build_parser
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    return {action.option_strings[0]: " ".join((action.help or "").split())
+            for action in parser._actions if action.option_strings}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_WITH_THEIR_LEAST_ARGUMENTS))
+def test_help_states_each_default_once_and_none_for_required_options(command):
+    for option, text in _option_help(command).items():
+        assert text.count("(default") <= 1, (option, text)
+        assert "(default: None)" not in text, (option, text)
+    if command in ("compare", "find-lr"):
+        assert "runs/run" not in _option_help(command)["--out"] and "required" in _option_help(command)["--out"]
+
+
+def test_width_help_names_every_model_that_has_a_width():
+    from lrlab.models import NAMES
+
+    text = _option_help("train")["--width"]
+    assert all(name in text for name in NAMES if not name.startswith("torchvision"))

@@ -176,6 +176,25 @@ def test_compare_command_runs_the_grid_and_prints_the_verdict(tmp_path, capsys):
     assert "Highest mean final test accuracy" in output and "report.html" in output
 
 
+TINY_COMPARE = ["compare", "--schedules", "constant", "--epochs", "1", "--seeds", "0", "--dataset", "digits", "--width", "4",
+                "--limit-train", "128"]
+
+
+def test_a_comparison_continues_with_other_runtime_only_settings_as_train_resume_does(tmp_path, capsys):
+    out = str(tmp_path / "c")
+    assert main([*TINY_COMPARE, "--out", out]) == 0
+    assert main([*TINY_COMPARE, "--out", out, "--data-workers", "0", "--memory-budget", "1G", "--device", "cpu"]) == 0
+    assert main([*TINY_COMPARE, "--out", out, "--width", "8"]) == 2
+    assert "different width" in capsys.readouterr().err
+
+
+def test_compare_quiet_shows_no_progress_bar(tmp_path, capfd):
+    assert main([*TINY_COMPARE, "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert "comparison" not in capfd.readouterr().err
+    assert main([*TINY_COMPARE, "--out", str(tmp_path / "d")]) == 0
+    assert "comparison" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("arguments, says", [
     (["--schedules", "constant", "--preset", "article"], "either --preset NAME or --schedules"),
     (["--schedules", "constant", "constant"], "listed twice"),

@@ -10,13 +10,14 @@ import typing
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
+from lrlab import __version__
 from lrlab.config import RunConfig, config_from_dict, load_config
 from lrlab.errors import UsageError
 
 HELP = {
     "dataset": "data set: fashion-mnist, mnist, cifar10, cifar100, digits, synthetic or folder:PATH",
     "model": "model: mlp, cnn, convnet, resnet or torchvision:<name> (e.g. torchvision:resnet18)",
-    "width": "base width of mlp/cnn/resnet (default: the model's own)",
+    "width": "base width of mlp/cnn/convnet/resnet (default: the model's own)",
     "optimizer": "optimizer spec, e.g. sgd:lr=0.05,momentum=0.9 or adamw-schedulefree:lr=0.01",
     "schedule": "schedule spec, e.g. step:step_size=5,gamma=0.5 or warmup(linear,epochs=2)+cosine:T_max=18",
     "epochs": "number of epochs",
@@ -77,14 +78,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), help_for: dict[str, str] | None = None) -> None:
+    """One option per RunConfig field; `help_for` replaces a field's help where the command uses it differently."""
     hints = typing.get_type_hints(RunConfig)
     for field in fields(RunConfig):
         if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
-        default = field.default if field.default is not MISSING else None
-        help_text = f"{HELP[field.name]} (default: {default})"
+        help_text = (help_for or {}).get(field.name) or _with_default(HELP[field.name], field.default)
         options = [o for o in typing.get_args(hints[field.name]) if o is not type(None)] or [hints[field.name]]
         if options[0] is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -92,8 +93,16 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
             parser.add_argument(flag, type=options[0], default=argparse.SUPPRESS, help=help_text, metavar=field.name.upper())
 
 
+def _with_default(help_text: str, default: object) -> str:
+    """The help with its default appended, unless it states one already or there is none to state."""
+    if "default" in help_text or default is None or default is MISSING:
+        return help_text
+    return f"{help_text} (default: {default})"
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="lrlab", description="Train image classifiers and find out which learning-rate schedule to use.")
+    parser.add_argument("--version", action="version", version=f"lrlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="train one model", epilog=TRAIN_EXAMPLES,
@@ -107,6 +116,7 @@ def build_parser() -> Parser:
                                    epilog="example:\n  lrlab datasets --data-dir ~/data",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     datasets.add_argument("--data-dir", help="also look here")
+    _add_quiet(datasets)
 
     compare = commands.add_parser("compare", help="train several schedules x seeds and report which is better",
                                   epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,7 +136,9 @@ def build_parser() -> Parser:
     where.add_argument("--max-retries", type=int, default=2, help="times a run is restarted from its last checkpoint when its worker dies (default: 2)")
     where.add_argument("--ray-address", help="ray: the cluster to join (e.g. auto, or ray://head:10001); default: start Ray here")
     where.add_argument("--storage", help="ray: a folder every node mounts; a relative --out is placed under it")
-    _add_config_options(compare, skip=("schedule", "seed", "quiet"))
+    _add_config_options(compare, skip=("schedule", "seed"),
+                        help_for={"out": "folder for the comparison's runs, summary and report (required)",
+                                  "quiet": "no progress bar"})
 
     find_lr = commands.add_parser("find-lr", help="LR range test: which starting LR to use",
                                   epilog=FIND_LR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,11 +149,14 @@ def build_parser() -> Parser:
     find_lr.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this times its minimum (default: 4)")
     find_lr.add_argument("--repeats", type=int, default=1, help="run the test with N seeds and report the median and spread")
     find_lr.add_argument("--config", help="YAML file with the training options; options given here override it")
-    _add_config_options(find_lr, skip=("schedule", "epochs", "quiet", "tensorboard"))
+    _add_config_options(find_lr, skip=("schedule", "epochs", "tensorboard"),
+                        help_for={"out": "folder for lr_find.csv, .png and .json (required)",
+                                  "quiet": "print only the picked LR (lr=...), not the suggestions and notes"})
 
     report = commands.add_parser("report", help="rebuild the report of a comparison from its runs",
                                  epilog="example:\n  lrlab report runs/article", formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_argument("out", help="the comparison's folder")
+    _add_quiet(report)
 
     preview = commands.add_parser("preview", help="the LR of schedules at every step, without training",
                                   epilog=PREVIEW_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,16 +167,24 @@ def build_parser() -> Parser:
     preview.add_argument("--metric", help="assumed monitored metric per epoch for plateau, comma-separated (default: flat)")
     preview.add_argument("--plot", help="write a plot here (.png or .svg)")
     preview.add_argument("--csv", help="write spec,step,epoch,lr rows here")
+    _add_quiet(preview)
 
     doctor = commands.add_parser("doctor", help="warn where a schedule will not do what you probably expect",
                                  epilog='example:\n  lrlab doctor "cosine:T_max=50" --epochs 20', formatter_class=argparse.RawDescriptionHelpFormatter)
     doctor.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs")
     doctor.add_argument("--epochs", type=int, default=20, help="run length in epochs (default: 20)")
     doctor.add_argument("--steps-per-epoch", type=int, default=1, help="optimizer steps per epoch (default: 1)")
+    _add_quiet(doctor)
 
-    commands.add_parser("schedules", help="list every schedule name and how it is stepped",
-                        epilog="example:\n  lrlab schedules", formatter_class=argparse.RawDescriptionHelpFormatter)
+    schedules = commands.add_parser("schedules", help="list every schedule name and how it is stepped",
+                                    epilog="example:\n  lrlab schedules", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_quiet(schedules)
     return parser
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """--quiet on a command that prints only its result, so a script can pass it to every command."""
+    parser.add_argument("--quiet", action="store_true", help="accepted by every command; this one prints only its result")
 
 
 def config_from_arguments(arguments: argparse.Namespace, defaults: dict | None = None) -> RunConfig:
@@ -199,11 +222,13 @@ def _compare(arguments: argparse.Namespace) -> int:
     if bool(arguments.preset) == bool(arguments.schedules):
         raise UsageError("give either --preset NAME or --schedules SPEC ... (not both)")
     defaults = {"quiet": True}
+    quiet = getattr(arguments, "quiet", False)
     if arguments.preset:
         preset = PRESETS[arguments.preset]
         variants = list(preset.variants)
         defaults["epochs"] = preset.epochs
-        print(f"preset {arguments.preset}: {preset.description}", file=sys.stderr)
+        if not quiet:
+            print(f"preset {arguments.preset}: {preset.description}", file=sys.stderr)
     else:
         variants = variants_from_specs(arguments.schedules)
     if not hasattr(arguments, "out"):
@@ -218,7 +243,7 @@ def _compare(arguments: argparse.Namespace) -> int:
     executor = build_executor(arguments.backend, arguments.workers, arguments.cpus_per_run, arguments.gpus_per_run,
                               arguments.max_retries, arguments.ray_address, storage_given=bool(arguments.storage))
     outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc,
-                              executor=executor)
+                              show_progress=not quiet, executor=executor)
     comparison = build_report(base.out)
     print(verdict(comparison))
     for outcome in outcomes:
@@ -253,6 +278,13 @@ def _find_lr(arguments: argparse.Namespace) -> int:
         raise UsageError("find-lr needs --out DIR for lr_find.csv, .png and .json")
     config = config_from_arguments(arguments, {"quiet": True, "epochs": 1})
     record = find_lr(config, arguments.start, arguments.end, arguments.steps, arguments.mode, arguments.diverge, arguments.repeats)
+    if not getattr(arguments, "quiet", False):
+        _say_lr_suggestions(record, config)
+    print(f"lr={record['pick']:.6g}")
+    return 0
+
+
+def _say_lr_suggestions(record: dict, config: RunConfig) -> None:
     for rule, suggestion in record["suggestions"].items():
         spread = record["spread"][rule]
         extra = f" (seeds agree within x{spread['spread_factor']:.2f})" if record["repeats"] > 1 else ""
@@ -260,8 +292,6 @@ def _find_lr(arguments: argparse.Namespace) -> int:
     for note in record["notes"]:
         print(f"lrlab: note: {note}", file=sys.stderr)
     print(f"auto takes {record['rule']}: {record['why']}; plot: {Path(config.out) / 'lr_find.png'}", file=sys.stderr)
-    print(f"lr={record['pick']:.6g}")
-    return 0
 
 
 def _report(arguments: argparse.Namespace) -> int:

@@ -82,11 +82,9 @@ def _write_manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: 
     path = out / MANIFEST
     if path.exists():
         existing = read_manifest(out)
-        if existing["base_config"] != manifest["base_config"]:
-            changed = [k for k in manifest["base_config"] if existing["base_config"].get(k) != manifest["base_config"][k]
-                       and k not in ("quiet", "device", "data_dir", "tensorboard")]
-            if changed:
-                raise UsageError(f"{out} holds a comparison with different {', '.join(changed)}; use another --out")
+        changed = config_from_dict(existing["base_config"], str(path)).differences(config_from_dict(manifest["base_config"], "--"))
+        if changed:
+            raise UsageError(f"{out} holds a comparison with different {', '.join(changed)}; use another --out")
         known = {v["label"]: v for v in existing["variants"]}
         for variant in manifest["variants"]:
             if variant["label"] in known and known[variant["label"]] != variant:

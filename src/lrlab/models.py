@@ -1,4 +1,4 @@
-"""Models by name: `mlp`, `cnn`, `resnet`, and `torchvision:<name>` for any torchvision classifier."""
+"""Models by name: `mlp`, `cnn`, `convnet`, `resnet`, and `torchvision:<name>` for any torchvision classifier."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def build_model(name: str, channels: int, image_size: tuple[int, int], num_class
     builders = {"mlp": mlp, "cnn": cnn, "convnet": convnet, "resnet": resnet}
     if name.startswith("torchvision:"):
         if width is not None:
-            raise UsageError("--width applies to mlp, cnn and resnet, not to torchvision models")
+            raise UsageError("--width applies to mlp, cnn, convnet and resnet, not to torchvision models")
         model = _torchvision_model(name.partition(":")[2], channels, num_classes)
     elif name in builders:
         if width is not None and width < 1:
