@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lrlab.aggregate import MANIFEST, Variant, read_manifest, run_path
-from lrlab.config import RunConfig
+from lrlab.config import RunConfig, config_from_dict
 from lrlab.data.loader import batches_per_epoch
 from lrlab.errors import UsageError
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
