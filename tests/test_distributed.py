@@ -12,14 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from lrlab.cli import main
 from lrlab.data import BatchLoader
+from lrlab.distributed import Ranks, rank_device
 from lrlab.runs import RunDirectory
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 
 # An MLP has no BatchNorm, whose statistics on the CPU are each process's own half of the batch
 # (SyncBatchNorm needs CUDA); with it the two runs are the same computation split in two.
-RUN = ["--dataset", "digits", "--model", "mlp", "--width", "32", "--batch-size", "64", "--precision", "fp32",
+# On the CPU, also where a GPU is: these tests pin gloo's behaviour, and two processes may share one GPU.
+RUN = ["--device", "cpu", "--dataset", "digits", "--model", "mlp", "--width", "32", "--batch-size", "64", "--precision", "fp32",
        "--optimizer", "sgd:lr=0.05,momentum=0.9", "--schedule", "onecycle:max_lr=0.1", "--quiet"]
 
 
@@ -91,3 +94,29 @@ def test_shards_of_a_batch_are_disjoint_and_together_are_the_batch(count, batch_
         together = torch.cat(parts)
         assert sorted(together.tolist()) == sorted(whole[index].tolist())
         assert all(len(part) >= 1 for part in parts)
+
+
+def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rank_device(Ranks(rank=3, world=4, local_rank=1, local_world=2), torch.device("cuda"), False) == torch.device("cuda", 1)
+
+
+def test_more_processes_than_gpus_train_on_the_cpu_with_a_note_when_the_device_was_left_to_lrlab(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for rank in (0, 1):
+        assert rank_device(Ranks(rank=rank, world=2, local_rank=rank, local_world=2), torch.device("cuda"), True) == torch.device("cpu")
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1  # rank 0 alone says it
+    assert "torchrun started 2 processes for 1 GPU(s), so every process trains on the CPU (gloo)" in note
+
+
+def test_more_processes_than_gpus_with_device_cuda_is_refused_in_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    status = main(["train", "--dataset", "digits", "--device", "cuda", "--quiet", "--out", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert "torchrun started 2 processes on this machine, which has 1 GPU(s); start at most 1 (--nproc-per-node 1) or pass --device cpu" in error
+    assert not RunDirectory(tmp_path / "run").holds_run()

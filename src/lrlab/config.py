@@ -17,8 +17,9 @@ from lrlab.specs import suggestion
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+GRAPH_CAPTURE = ("auto", "on", "off")
 # Fields that change how a run is carried out, not what it computes; a resume may change them.
-RUNTIME_ONLY = ("device", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers")
+RUNTIME_ONLY = ("device", "graph_capture", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     deterministic: bool = False
+    graph_capture: str = "auto"
     device: str = "auto"
     data_dir: str | None = None
     out: str = "runs/run"
@@ -76,7 +78,8 @@ class RunConfig:
             raise UsageError(f"seed must be zero or positive, got {self.seed}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name, allowed in (("augment", AUGMENTATIONS), ("device", DEVICES), ("precision", PRECISIONS)):
+        for name, allowed in (("augment", AUGMENTATIONS), ("device", DEVICES), ("precision", PRECISIONS),
+                              ("graph_capture", GRAPH_CAPTURE)):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         from lrlab.optimizers import parse_optimizer

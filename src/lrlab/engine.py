@@ -8,7 +8,9 @@ divergence detection and progress.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
+import math
 import os
 import random
 import sys
@@ -26,6 +28,8 @@ from lrlab import __version__, distributed, lrfinder
 from lrlab.config import RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError
+from lrlab.foreach_sgd import ARGUMENTS as FOREACH_SGD_ARGUMENTS
+from lrlab.foreach_sgd import ForeachSGD
 from lrlab.models import build_model
 from lrlab.optimizers import (
     build_optimizer,
@@ -36,6 +40,7 @@ from lrlab.optimizers import (
 from lrlab.preview import doctor
 from lrlab.runs import FollowerRun, RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
+from lrlab.steps import GraphedStep, eager_step
 
 CHECKPOINT_FORMAT = 1
 # Lets the fault tests kill a run between epochs reliably; never set in normal use.
@@ -90,11 +95,13 @@ def train_one_epoch(
     progress: tqdm | None = None,
     check_every: int = 1,
     ranks: distributed.Ranks = distributed.SINGLE,
+    graphed: GraphedStep | None = None,
 ) -> tuple[float, float, list[float], list[float]]:
     """One pass over `loader`; returns mean loss, accuracy, and each step's LR and loss.
 
     Loss and accuracy are summed on the device and read once at the end, so an accelerator is
-    never made to wait for the host; the NaN check reads the loss every `check_every` steps.
+    never made to wait for the host; the NaN check reads the losses of the last `check_every`
+    steps every `check_every` steps. With `graphed`, full batches replay a captured CUDA graph.
     Under torchrun `model` is the DDP wrapper and the figures returned are those of all ranks.
     """
     model.train()
@@ -102,49 +109,50 @@ def train_one_epoch(
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
     step_lrs: list[float] = []
+    step_counts: list[int] = []
     step_losses = torch.empty(len(loader), device=device)
-    step_counts = torch.empty(len(loader), device=device)
+    checked = 0  # steps whose loss the NaN check has read
     for index, (images, labels) in enumerate(loader):
         step_lrs.append(optimizer.param_groups[0]["lr"])
-        with autocast():
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if ranks.distributed:
-            # DDP averages gradients over ranks; weighting each rank's mean by its share of the
-            # global batch makes that average the gradient of the global batch's mean loss.
-            (loss * (len(labels) * ranks.world / loader.global_batch_size(index))).backward()
+        if graphed is not None:
+            loss, logits = graphed(images, labels)
         else:
-            loss.backward()
-        optimizer.step()
+            # Under DDP, weighting each rank's mean by its share of the global batch makes the
+            # average of the ranks' gradients the gradient of the global batch's mean loss.
+            loss_scale = len(labels) * ranks.world / loader.global_batch_size(index) if ranks.distributed else 1.0
+            loss, logits = eager_step(model, loss_fn, optimizer, images, labels, autocast, loss_scale)
         schedule.after_step()
-        step_losses[index] = loss.detach()
-        step_counts[index] = len(labels)
-        loss_sum += loss.detach() * len(labels)
+        step_losses[index] = loss
+        step_counts.append(len(labels))
+        loss_sum += loss * len(labels)
         correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
         if not ranks.distributed and (index + 1) % check_every == 0:
-            _check_finite(step_losses[: index + 1], first_step)
+            latest_loss = _check_finite(step_losses[checked : index + 1].tolist(), first_step + checked)
+            checked = index + 1
+            if progress is not None:  # the loss was read for the check already: showing it costs no wait
+                progress.set_postfix(loss=f"{latest_loss:.4f}", lr=f"{step_lrs[-1]:.3g}", refresh=False)
         if progress is not None:
             progress.update(1)
-            if index % (10 if device.type == "cpu" else max(check_every, 10)) == 0:  # reading the loss waits for the device
-                progress.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{step_lrs[-1]:.3g}", refresh=False)
     steps = len(step_lrs)
-    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, correct, seen, ranks)
+    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, correct, sum(step_counts), ranks)
+    step_losses = step_losses[:steps]
     if ranks.distributed:
-        weighted = distributed.sum_over_ranks(torch.cat([step_losses[:steps] * step_counts[:steps], step_counts[:steps]]), ranks)
-        step_losses = weighted[:steps] / weighted[steps:]
+        counts = torch.tensor(step_counts, dtype=step_losses.dtype).to(device)
+        weighted = distributed.sum_over_ranks(torch.cat([step_losses * counts, counts]), ranks)
+        step_losses, checked = weighted[:steps] / weighted[steps:], 0
     # Every rank sees the same reduced losses, so every rank stops at the same step.
-    _check_finite(step_losses[:steps], first_step)
-    return loss_total / seen, correct_total / seen, step_lrs, step_losses[:steps].tolist()
+    losses = step_losses.tolist()
+    _check_finite(losses[checked:], first_step + checked)
+    return loss_total / seen, correct_total / seen, step_lrs, losses
 
 
-def _check_finite(step_losses: torch.Tensor, first_step: int) -> None:
-    if not torch.isfinite(step_losses).all():
-        first_bad = int((~torch.isfinite(step_losses)).nonzero()[0])
-        raise Diverged(first_step + first_bad + 1, float(step_losses[first_bad]))
+def _check_finite(losses: list[float], first_step: int) -> float:
+    """The last of `losses` (those of the steps after `first_step`); Diverged at the first that is not finite."""
+    for offset, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            raise Diverged(first_step + offset + 1, loss)
+    return losses[-1] if losses else math.nan
 
 
 @torch.no_grad()
@@ -195,9 +203,8 @@ def deterministic_algorithms(wanted: bool) -> Iterator[None]:
 
 
 def versions() -> dict[str, str]:
-    import torchvision
-
-    return {"lrlab": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    # torchvision's version from its metadata: importing it takes seconds, and a run may not need it.
+    return {"lrlab": __version__, "torch": str(torch.__version__), "torchvision": importlib.metadata.version("torchvision")}
 
 
 def load_run_data(config: RunConfig) -> ImageData:
@@ -219,7 +226,7 @@ class Trainer:
         self.resume, self.overwrite = resume, overwrite
         if self.ranks.main:
             self._check_run_directory()
-        self.device = distributed.start(self.ranks, resolve_device(config.device))
+        self.device = distributed.start(self.ranks, resolve_device(config.device), chosen_automatically=config.device == "auto")
         # Measured here: bf16 autocast with channels-last halves a small conv net's epoch on the CPU,
         # as it speeds up CUDA; MPS autocast support is patchy, so it stays in fp32.
         fast_path = self.device.type in ("cuda", "cpu")
@@ -254,7 +261,12 @@ class Trainer:
             if self.ranks.distributed:
                 raise UsageError("lr=auto is not available under torchrun; run lrlab find-lr first and pass the LR it prints")
             self.optimizer_spec = parse_optimizer(with_lr(config.optimizer, self._auto_lr()))
-        self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
+        self.graph_capture = self._graph_capture()
+        if self.graph_capture:
+            self.optimizer = ForeachSGD(self.model.parameters(), **self.optimizer_spec.arguments)
+        else:
+            self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
+        self.graphed_step = GraphedStep(self.model, self.loss_fn, self.optimizer, self.autocast) if self.graph_capture else None
         self.schedule = ScheduleDriver(parse_schedule(config.schedule), self.optimizer, config.epochs, len(self.train_loader))
         if not self.quiet:
             for line in doctor(self.schedule.spec, config.epochs, self.steps_per_epoch):
@@ -297,7 +309,24 @@ class Trainer:
     def drive(self, optimizer: torch.optim.Optimizer) -> None:
         """Let the schedule drive `optimizer` instead (a group's ArmOptimizer); before `prepare`, which restores into it."""
         self.optimizer = optimizer
+        self.graphed_step = None  # a group steps its arms itself
         self.schedule = ScheduleDriver(self.schedule.spec, optimizer, self.config.epochs, self.steps_per_epoch)
+
+    def _graph_capture(self) -> bool:
+        """Whether full batches replay a captured CUDA graph: `auto` wherever the run allows it."""
+        setting = self.config.graph_capture
+        if setting == "off":
+            return False
+        why_not = None
+        if self.device.type != "cuda":
+            why_not = f"it needs CUDA and this run is on {self.device.type}"
+        elif self.ranks.distributed:
+            why_not = "it is not available under torchrun"
+        elif not (self.optimizer_spec.name == "sgd" and set(self.optimizer_spec.arguments) <= set(FOREACH_SGD_ARGUMENTS)):
+            why_not = f"it needs an sgd optimizer with only {', '.join(FOREACH_SGD_ARGUMENTS)}, not {self.optimizer_spec.text!r}"
+        if why_not and setting == "on":
+            raise UsageError(f"--graph-capture on: {why_not}; use --graph-capture auto or off")
+        return why_not is None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -306,7 +335,9 @@ class Trainer:
     def autocast(self):
         if not self.use_bf16:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        # No cast cache: a captured graph must not keep casts made before the capture (each step
+        # enters the context afresh, so the cache saved nothing anyway).
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -466,7 +497,7 @@ class Trainer:
             train_loss, train_acc, step_lrs, step_losses = train_one_epoch(
                 self.train_loader, self.forward_model, self.loss_fn, self.optimizer, self.schedule,
                 first_step=first_step, autocast=self.autocast, progress=None if quiet else progress, check_every=check_every,
-                ranks=self.ranks,
+                ranks=self.ranks, graphed=self.graphed_step,
             )
         set_training_mode(self.optimizer, False)
         test_loss, test_acc = evaluate(self.test_loader, self.model, self.loss_fn, self.autocast, self.ranks)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from lrlab.errors import UsageError
 from lrlab.specs import suggestion
@@ -56,6 +55,8 @@ def convnet(channels: int, image_size: tuple[int, int], num_classes: int, width:
 
 def resnet(channels: int, image_size: tuple[int, int], num_classes: int, width: int = 16) -> nn.Module:
     """A ResNet-20-style net for 28-32 px inputs (He et al. 2016), built from torchvision's BasicBlock."""
+    from torchvision.models.resnet import BasicBlock  # torchvision takes seconds to import; only resnet needs it
+
     layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
     inputs = width
     for stage, multiple in enumerate((1, 2, 4)):

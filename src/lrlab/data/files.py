@@ -14,7 +14,6 @@ import re
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from lrlab.errors import UsageError
 
@@ -24,6 +23,8 @@ UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 def decode(path: str, image_size: int) -> torch.Tensor:
     """One image file as uint8 (3, image_size, image_size)."""
+    from torchvision.transforms.v2 import functional as TF  # torchvision takes seconds to import; only folders need it
+
     with Image.open(path) as picture:
         tensor = TF.pil_to_tensor(picture.convert("RGB"))
     return TF.resize(tensor, [image_size, image_size], antialias=True)

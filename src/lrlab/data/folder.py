@@ -6,21 +6,25 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
-from torchvision.datasets import ImageFolder
 
 from lrlab.data.base import ImageData, pixel_statistics
 from lrlab.data.files import FileImages, decode, memory_budget_bytes
 from lrlab.errors import UsageError
 
 DEFAULT_IMAGE_SIZE = 32
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
+
 STATISTICS_SAMPLE = 1024
 
 
 def _image_folder(path: Path) -> ImageFolder:
+    from torchvision.datasets import ImageFolder  # torchvision takes seconds to import; only folders need it
+
     try:
         # Every file is offered to the decoder, so a stray non-image is counted and named rather than
         # silently ignored; hidden files (.DS_Store, editor swap files) are not data.

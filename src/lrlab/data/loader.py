@@ -99,7 +99,10 @@ class BatchLoader:
         in_memory = isinstance(self.images, torch.Tensor)
         # In memory, the indices live where the images do, so an accelerator never waits for the host.
         where = self.device if in_memory else torch.device("cpu")
-        order = (torch.randperm(len(self.labels), generator=generator) if self.shuffle else torch.arange(len(self.labels))).to(where)
+        order = torch.randperm(len(self.labels), generator=generator) if self.shuffle else torch.arange(len(self.labels))
+        if where.type == "cuda":
+            order = order.pin_memory()  # so that the copy below does not wait either
+        order = order.to(where, non_blocking=True)
         batches = [order[start : start + self.batch_size] for start in range(0, len(self) * self.batch_size, self.batch_size)]
         rows = slice(self.rank, None, self.world)
         mine = [batch[rows] for batch in batches]
