@@ -36,6 +36,19 @@ def test_idx_files_are_read_gzipped_or_not(tmp_path, compress):
     assert data.source == str(tmp_path / "mnist")
 
 
+def test_gzipped_idx_files_are_decoded_once_and_again_when_they_change(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "mnist")
+    first = load_dataset("mnist", data_dir=tmp_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(idx.gzip, "decompress", lambda raw: pytest.fail("decoded again although nothing changed"))
+        again = load_dataset("mnist", data_dir=tmp_path)
+    assert all(torch.equal(getattr(first, name), getattr(again, name))
+               for name in ("train_images", "train_labels", "test_images", "test_labels"))
+    changed = write_idx_set(tmp_path / "mnist", seed=1)
+    assert torch.equal(load_dataset("mnist", data_dir=tmp_path).train_images[:, 0], torch.from_numpy(changed["train-images-idx3-ubyte"]))
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
 def test_data_dir_wins_over_the_environment_folder(tmp_path, monkeypatch):
     write_idx_set(tmp_path / "first", train=30)
     write_idx_set(tmp_path / "second", train=40)
