@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -38,12 +39,16 @@ def torchvision_root(fashion_dir: Path) -> Path:
     return root
 
 
-def tutorial_loaders(root: Path, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
+def tutorial_loaders(root: Path, batch_size: int, seed: int, workers: int = 0,
+                     pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    """The quickstart's loaders; `workers` and `pin_memory` as a user who tunes them for a GPU sets them."""
     transform = Compose([ToTensor(), Normalize((MEAN,), (STD,))])
     train = datasets.FashionMNIST(root, train=True, download=False, transform=transform)
     test = datasets.FashionMNIST(root, train=False, download=False, transform=transform)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator), DataLoader(test, batch_size=1000)
+    return (DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers,
+                       pin_memory=pin_memory, persistent_workers=workers > 0),
+            DataLoader(test, batch_size=1000))
 
 
 def cnn(width: int, seed: int) -> nn.Module:
@@ -56,10 +61,11 @@ def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def tutorial_train(dataloader: DataLoader, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                   max_steps: int | None = None) -> None:
+                   max_steps: int | None = None, device: str = "cpu") -> None:
     """The quickstart's train(): forward, backward, step, and a loss printout every 100 batches."""
     model.train()
     for batch, (X, y) in enumerate(dataloader):
+        X, y = X.to(device), y.to(device)
         pred = model(X)
         loss = loss_fn(pred, y)
         loss.backward()
@@ -81,8 +87,20 @@ def tutorial_test(dataloader: DataLoader, model: nn.Module) -> float:
     return correct / len(dataloader.dataset)
 
 
-def lightning_fit(model: nn.Module, train: DataLoader, lr: float, max_steps: int = -1, max_epochs: int | None = None) -> None:
+def lightning_fit(model: nn.Module, train: DataLoader, lr: float, max_steps: int = -1, max_epochs: int | None = None,
+                  accelerator: str = "cpu", epoch_seconds: list[float] | None = None) -> None:
+    """Lightning's fit; with `epoch_seconds`, each training epoch's wall seconds are appended to it."""
     import pytorch_lightning as pl
+
+    class EpochClock(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            self.started = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            if epoch_seconds is not None:
+                if accelerator == "gpu":
+                    torch.cuda.synchronize()
+                epoch_seconds.append(time.perf_counter() - self.started)
 
     class Classifier(pl.LightningModule):
         def __init__(self):
@@ -99,6 +117,7 @@ def lightning_fit(model: nn.Module, train: DataLoader, lr: float, max_steps: int
         def configure_optimizers(self):
             return sgd(self.model, lr)
 
-    trainer = pl.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator=accelerator, devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[EpochClock()])
     trainer.fit(Classifier(), train)
