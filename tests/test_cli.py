@@ -18,7 +18,7 @@ def run_cli(*arguments):
 
 def test_train_command_trains_and_prints_a_summary(tmp_path, capsys):
     assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 0
-    assert "finished: 2 epochs, best test accuracy" in capsys.readouterr().out
+    assert "finished: 2 epochs, test accuracy" in capsys.readouterr().out
     assert len(RunDirectory(tmp_path / "run").read_metrics()) == 2
 
 

@@ -91,6 +91,27 @@ def test_article_preset_is_the_articles_experiment_exactly():
     from lrlab.schedules import parse_schedule
 
     assert not any(parse_schedule(v.schedule).per_step for v in preset.variants)  # once per epoch, after training
+    assert preset.val_fraction == 0  # it chose on test data; the report says so
+
+
+def test_a_comparison_without_validation_says_its_choices_on_test_data_are_optimistic(base):
+    run_comparison(replace(base, val_fraction=0), variants_from_specs(["constant"]), [0], base.out, show_progress=False)
+    comparison = build_report(base.out)
+    assert comparison.selected_on == "test" and "optimistic" in verdict(comparison)
+    assert "chosen on test: optimistic" in (Path(base.out) / "summary.md").read_text()
+
+
+def test_the_best_epoch_column_is_test_accuracy_at_the_best_validation_epoch(base):
+    run_comparison(base, variants_from_specs(["constant"]), [0, 1], base.out, show_progress=False)
+    comparison = build_report(base.out)
+    result = comparison.results[0]
+    expected = []
+    for seed in (0, 1):
+        rows = RunDirectory(Path(base.out) / "constant" / f"seed-{seed}").read_metrics()
+        expected.append(max(rows, key=lambda row: row["val_acc"])["test_acc"])
+    assert result.best_acc.mean == pytest.approx(sum(expected) / 2)
+    assert comparison.selected_on == "validation" and "optimistic" not in verdict(comparison)
+    assert "test acc at best-val epoch" in (Path(base.out) / "summary.md").read_text()
 
 
 def test_modern_preset_includes_schedule_free_adamw_and_every_spec_is_valid():

@@ -194,10 +194,31 @@ def test_folder_with_train_and_test_is_resized_and_held_in_memory(tmp_path):
     assert data.classes == ["cat", "dog"]
 
 
-def test_one_folder_is_split_by_val_fraction(tmp_path):
+def test_one_folder_holds_out_test_fraction_for_testing_stratified_by_class(tmp_path):
     write_image_folder(tmp_path, per_class=10)
-    data = load_dataset(f"folder:{tmp_path}", image_size=8, val_fraction=0.25)
-    assert len(data.test_labels) == 5 and len(data.train_labels) == 15
+    data = load_dataset(f"folder:{tmp_path}", image_size=8, test_fraction=0.2)
+    assert len(data.test_labels) == 4 and len(data.train_labels) == 16
+    assert data.test_labels.bincount().tolist() == [2, 2]
+
+
+def test_validation_split_is_stratified_disjoint_and_fixed_by_its_seed():
+    data = load_dataset("digits")
+    split = data.split_validation(0.1, seed=0)
+    assert len(split.val_labels) == round(0.1 * len(data.train_labels))
+    assert len(split.train_labels) + len(split.val_labels) == len(data.train_labels)
+    per_class = data.train_labels.bincount().double()
+    assert ((split.val_labels.bincount().double() - 0.1 * per_class).abs() < 1).all()
+    together = torch.cat([split.train_images, split.val_images]).flatten(1)
+    assert len(torch.unique(together, dim=0)) == len(torch.unique(data.train_images.flatten(1), dim=0))
+    assert torch.equal(split.val_images, data.split_validation(0.1, seed=0).val_images)
+    assert not torch.equal(split.val_images, data.split_validation(0.1, seed=1).val_images)
+    assert torch.equal(split.test_images, data.test_images)
+
+
+def test_no_validation_fraction_keeps_every_training_image():
+    data = load_dataset("digits")
+    split = data.split_validation(0, seed=0)
+    assert split.val_images is None and torch.equal(split.train_images, data.train_images)
 
 
 def test_broken_images_and_non_images_are_skipped_with_a_count_or_fail_with_strict(tmp_path, capsys):

@@ -24,14 +24,80 @@ def test_a_run_leaves_a_complete_run_directory(tiny_config):
     assert result.state == "finished" and run.read_status()["state"] == "finished"
     assert list(metrics[0]) == list(METRIC_COLUMNS) and list(steps[0]) == list(STEP_COLUMNS)
     assert [row["epoch"] for row in metrics] == [1, 2, 3]
-    steps_per_epoch = -(-1437 // 64)
+    steps_per_epoch = -(-(1437 - 144) // 64)  # a tenth of the training images validate
     assert [row["step"] for row in steps] == list(range(1, 3 * steps_per_epoch + 1))
     assert [row["lr"] for row in metrics] == [0.05, 0.025, 0.0125]
-    assert result.best_test_acc == max(row["test_acc"] for row in metrics) > 0.5
+    best_row = max(metrics, key=lambda row: row["val_acc"])
+    assert result.best_epoch == best_row["epoch"] and result.best_test_acc == best_row["test_acc"] > 0.5
+    assert result.selected_on == "validation"
     best = torch.load(run.best_path, weights_only=True)
     assert best["epoch"] == result.best_epoch and best["test_acc"] == result.best_test_acc
     last = torch.load(run.last_path, weights_only=True)
     assert last["epoch"] == 3 and set(last) >= {"model", "optimizer", "schedule", "rng"}
+
+
+def _test_acc_moves_against_val_acc(metrics: list[dict]) -> bool:
+    by_val = max(metrics, key=lambda row: row["val_acc"])["epoch"]
+    by_test = max(metrics, key=lambda row: row["test_acc"])["epoch"]
+    return by_val != by_test
+
+
+def test_best_checkpoint_is_the_best_validation_epoch_not_the_best_test_epoch(tiny_config):
+    # A tiny validation split and a high LR make val and test accuracy disagree about the best epoch.
+    config = tiny_config(epochs=6, val_fraction=0.03, limit_train=400, optimizer="sgd:lr=0.3,momentum=0.9")
+    result = train(config)
+    metrics = RunDirectory(config.out).read_metrics()
+    assert _test_acc_moves_against_val_acc(metrics)
+    best_row = max(metrics, key=lambda row: row["val_acc"])
+    assert result.best_epoch == best_row["epoch"]
+    assert torch.load(RunDirectory(config.out).best_path, weights_only=True)["epoch"] == best_row["epoch"]
+
+
+def test_without_a_validation_split_the_best_epoch_is_chosen_on_test_data(tiny_config):
+    config = tiny_config(val_fraction=0)
+    result = train(config)
+    metrics = RunDirectory(config.out).read_metrics()
+    assert all(row["val_acc"] != row["val_acc"] for row in metrics)  # empty: nan
+    assert result.selected_on == "test" and result.best_test_acc == max(row["test_acc"] for row in metrics)
+    assert len(Trainer(tiny_config(val_fraction=0, out=config.out + "-2")).train_loader.labels) == 1437
+
+
+def test_plateau_watches_val_loss_by_default_and_monitor_still_chooses(tiny_config, monkeypatch):
+    seen = []
+    original = torch.optim.lr_scheduler.ReduceLROnPlateau.step
+    monkeypatch.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step",
+                        lambda self, metric: (seen.append(metric), original(self, metric))[1])
+    trainer = Trainer(tiny_config(schedule="plateau:patience=0", epochs=2))
+    trainer.fit()
+    metrics = RunDirectory(trainer.config.out).read_metrics()
+    assert seen == pytest.approx([row["val_loss"] for row in metrics])
+    assert trainer.schedule.spec.monitor == "val_loss"
+    assert Trainer(tiny_config(schedule="plateau:monitor=test_acc", out=trainer.config.out + "-2")).schedule.spec.monitor == "test_acc"
+
+
+def test_plateau_on_validation_without_a_split_is_refused_with_the_fix(tiny_config):
+    with pytest.raises(UsageError, match="add monitor=test_loss"):
+        tiny_config(schedule="plateau:patience=2", val_fraction=0).validate()
+
+
+def test_every_run_validates_on_the_same_images_whatever_its_seed(tiny_config, tmp_path):
+    first = Trainer(tiny_config(seed=0, out=str(tmp_path / "a"))).evaluation_loaders["val"]
+    second = Trainer(tiny_config(seed=5, out=str(tmp_path / "b"))).evaluation_loaders["val"]
+    assert torch.equal(first.images, second.images) and len(first.labels) == 144
+
+
+def test_resuming_a_run_made_before_validation_splits_is_refused_clearly(tiny_config):
+    config = tiny_config()
+    train(config)
+    run = RunDirectory(config.out)
+    rows = run.read_metrics()
+    old_columns = [c for c in METRIC_COLUMNS if not c.startswith("val_")]
+    run.metrics_path.write_text(",".join(old_columns) + "\n" + "".join(
+        ",".join(str(row[c]) for c in old_columns) + "\n" for row in rows[:2]))
+    before = run.metrics_path.read_text()
+    with pytest.raises(UsageError, match="without a validation split .* --overwrite"):
+        train(config, resume=True)
+    assert run.metrics_path.read_text() == before
 
 
 def test_config_yaml_repeats_the_run_and_records_versions(tiny_config):
@@ -39,6 +105,7 @@ def test_config_yaml_repeats_the_run_and_records_versions(tiny_config):
     train(config)
     saved_text = (Path(config.out) / "config.yaml").read_text()
     assert "torch: " in saved_text and "torchvision: " in saved_text and "lrlab: " in saved_text
+    assert "val_fraction: 0.1" in saved_text and "split_seed: 0" in saved_text
     assert load_config(Path(config.out) / "config.yaml") == config
 
 
@@ -74,7 +141,7 @@ def test_schedule_free_optimizer_is_evaluated_with_its_averaged_weights(tiny_con
     recorded = RunDirectory(config.out).read_metrics()[-1]
     # Evaluated again as the run evaluates (bf16 autocast): the same numbers, so the run recorded
     # the averaged weights it keeps. (An fp32 evaluation differs: on CUDA by one test image.)
-    loss, accuracy = evaluate(trainer.test_loader, trainer.model, trainer.loss_fn, trainer.autocast)
+    loss, accuracy, _ = evaluate(trainer.test_loader, trainer.model, trainer.loss_fn, trainer.autocast)
     assert (loss, accuracy) == (recorded["test_loss"], recorded["test_acc"])
     set_training_mode(trainer.optimizer, True)  # the raw iterate differs from what was evaluated
     assert any(not torch.equal(a.cpu(), b) for a, b in zip(trainer.model.state_dict().values(),

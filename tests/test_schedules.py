@@ -53,12 +53,12 @@ def test_onecycle_lr_of_every_step_equals_torch_scheduler(tiny_config):
     assert max(row["lr"] for row in steps) == pytest.approx(0.1, rel=1e-3)
 
 
-def test_plateau_lr_column_equals_torch_scheduler_fed_the_test_loss(tiny_config):
+def test_plateau_lr_column_equals_torch_scheduler_fed_the_validation_loss(tiny_config):
     # A large threshold makes every epoch count as "no improvement", so the LR must be cut.
     metrics, _ = run_lrs(tiny_config, "plateau:factor=0.5,patience=1,threshold=0.9")
-    test_losses = [row["test_loss"] for row in metrics]
+    val_losses = [row["val_loss"] for row in metrics]
     expected = torch_alone(
-        lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=1, threshold=0.9), EPOCHS, test_losses
+        lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=1, threshold=0.9), EPOCHS, val_losses
     )
     lrs = [row["lr"] for row in metrics]
     assert lrs == expected
@@ -80,7 +80,7 @@ def test_warmup_in_front_of_plateau_ramps_up_then_reduces_on_plateau():
             lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             driver.after_step()
-        driver.after_epoch({"test_loss": 1.0})  # a flat loss: every epoch after the first is a plateau
+        driver.after_epoch({"val_loss": 1.0})  # a flat loss: every epoch after the first is a plateau
     warmup, after = lrs[:5], lrs[5:]
     assert warmup == sorted(warmup) and warmup[0] == pytest.approx(0.01) and warmup[-1] < 0.1
     assert after[:5] == [0.1] * 5  # warmup hands over exactly the LR the schedule starts from
@@ -141,7 +141,7 @@ def test_every_torch_scheduler_is_reachable_by_class_name_and_steps(class_name):
         for _ in range(4):
             optimizer.step()
             driver.after_step()
-        driver.after_epoch({"test_loss": 1.0})
+        driver.after_epoch({"val_loss": 1.0})
     assert type(driver.main).__name__ == class_name
 
 
@@ -171,7 +171,7 @@ def test_lambda_schedule_survives_a_state_dict_round_trip():
     ("step", "missing required argument step_size"),
     ("plateau:mode=min,monitor=test_acc", "use mode=max"),
     ("plateau:patience=2@step", "cannot step per batch"),
-    ("plateau:monitor=val_loss", "monitor='val_loss' should be one of"),
+    ("plateau:monitor=valid_loss", "monitor='valid_loss' should be one of"),
     ("cosine:T_max=5,monitor=test_loss", "only applies to plateau"),
     ("SequentialLR", "combines other schedules"),
     ("warmup(cubic,epochs=1)+step:step_size=2", "warmup kind 'cubic'"),

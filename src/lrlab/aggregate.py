@@ -61,7 +61,7 @@ class ScheduleResult:
     seeds: list[int]
     states: dict[int, str]
     final_acc: Summary | None
-    best_acc: Summary | None
+    best_acc: Summary | None  # test accuracy at each seed's best epoch (on validation data when there is a split)
     auc: Summary | None
     difference: PairedDifference | None  # final accuracy minus the baseline's, paired by seed
     epochs_to_target: list[int | None]
@@ -83,6 +83,7 @@ class Comparison:
     epochs: int
     base_config: dict[str, Any]
     results: list[ScheduleResult]
+    selected_on: str = "validation"  # what chose each run's best epoch: "validation", or "test" (the article's protocol)
 
 
 def aggregate(out: str | Path) -> Comparison:
@@ -119,7 +120,7 @@ def aggregate(out: str | Path) -> Comparison:
     for variant, states, curves, steps, retries in gathered:
         finished = [s for s in seeds if states[s] == "finished" and s in curves]
         final = [curves[s][-1]["test_acc"] for s in finished]
-        best = [max(r["test_acc"] for r in curves[s]) for s in finished]
+        best = [test_acc_at_best_epoch(curves[s]) for s in finished]
         auc = [area_under_curve([r["test_acc"] for r in curves[s]]) for s in finished]
         paired = [s for s in finished if s in baseline_finals]
         difference = None
@@ -136,4 +137,16 @@ def aggregate(out: str | Path) -> Comparison:
                                for s in finished],
             curves=curves, steps=steps, retries=retries,
         ))
-    return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results)
+    return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results,
+                      selected_on="validation" if base.val_fraction > 0 else "test")
+
+
+def best_epoch_row(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics row of a run's best epoch: highest validation accuracy (the first, on a tie), or
+    highest test accuracy for a run without a validation split, as the engine chose best.pt."""
+    chosen_on = "val_acc" if not math.isnan(rows[0].get("val_acc", math.nan)) else "test_acc"
+    return max(rows, key=lambda row: row[chosen_on])
+
+
+def test_acc_at_best_epoch(rows: list[dict[str, float]]) -> float:
+    return best_epoch_row(rows)["test_acc"]

@@ -29,7 +29,10 @@ HELP = {
     "limit_train": "train on a fixed random subset of N images",
     "limit_test": "evaluate on a fixed random subset of N images",
     "image_size": "resize images to N x N pixels",
-    "val_fraction": "for folder:PATH without train/test folders, the fraction held out for testing",
+    "val_fraction": "fraction of the training images held out for validation, stratified by class; it picks the best "
+                    "epoch, feeds plateau and picks each schedule's LR; 0: none (the article's protocol, choices made on test data)",
+    "split_seed": "seed of the fixed data splits (validation, --limit-* subsets), the same for every run of a comparison",
+    "test_fraction": "for folder:PATH without train/test folders, the fraction held out for testing",
     "strict": "stop at the first unreadable image or non-image file instead of skipping it",
     "memory_budget": "folder data sets larger than this once decoded are streamed from disk: a size (512M, 8G) "
                      "or a fraction of RAM (default 0.25)",
@@ -210,8 +213,9 @@ def _train(arguments: argparse.Namespace) -> int:
     result = train(config, resume=arguments.resume, overwrite=arguments.overwrite)
     if not from_environment().main:
         return 0 if result.state == "finished" else 1
-    summary = (f"{result.state}: {result.epochs_completed} epochs, best test accuracy {result.best_test_acc:.2%} "
-               f"(epoch {result.best_epoch}), final {result.final_test_acc:.2%}, {result.seconds:.1f} s -> {result.path}")
+    chosen = "best validation epoch" if result.selected_on == "validation" else "best test epoch (chosen on test data)"
+    summary = (f"{result.state}: {result.epochs_completed} epochs, test accuracy {result.best_test_acc:.2%} at the {chosen} "
+               f"{result.best_epoch}, final {result.final_test_acc:.2%}, {result.seconds:.1f} s -> {result.path}")
     print(summary)
     return 0 if result.state == "finished" else 1
 
@@ -229,6 +233,8 @@ def _compare(arguments: argparse.Namespace) -> int:
         preset = PRESETS[arguments.preset]
         variants = list(preset.variants)
         defaults["epochs"] = preset.epochs
+        if preset.val_fraction is not None:
+            defaults["val_fraction"] = preset.val_fraction
         if not quiet:
             print(f"preset {arguments.preset}: {preset.description}", file=sys.stderr)
     else:

@@ -28,6 +28,7 @@ class Preset:
     description: str
     epochs: int
     variants: tuple[Variant, ...]
+    val_fraction: float | None = None  # None: the usual default
 
 
 PRESETS = {
@@ -42,6 +43,7 @@ PRESETS = {
             Variant("plateau", "plateau:mode=min,factor=0.5,patience=5,monitor=test_loss"),
             Variant("exponential", "exponential:gamma=0.95"),
         ),
+        val_fraction=0,  # the article chose on test data; its report says that is optimistic
     ),
     "modern": Preset(
         "what people use today: one-cycle, linear warmup then cosine to zero, linear decay to zero, "
@@ -110,7 +112,7 @@ def run_comparison(
     `executor` (from `executors.build_executor`) says where the runs train; by default one after
     another in this process.
     """
-    from lrlab.engine import load_run_data
+    from lrlab.engine import load_run_data, split_for_run
 
     out = Path(out)
     if not variants or not seeds:
@@ -128,7 +130,7 @@ def run_comparison(
     with executor.session(out):
         _write_manifest(out, base, variants, seeds, baseline, target_acc)
         data = load_run_data(base)
-        steps_per_epoch = _steps_per_epoch(base, data)
+        steps_per_epoch = _steps_per_epoch(base, split_for_run(data, base))
         for variant in variants:
             for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
                 print(f"lrlab: note: {line}", file=sys.stderr)
@@ -154,8 +156,7 @@ def run_comparison(
     return [outcomes[task.label, task.seed] for task in tasks]
 
 
-def _steps_per_epoch(base: RunConfig, data) -> int:
-    count = min(len(data.train_labels), base.limit_train or len(data.train_labels))
-    return max(1, batches_per_epoch(count, base.batch_size))
+def _steps_per_epoch(base: RunConfig, run_data) -> int:
+    return max(1, batches_per_epoch(len(run_data.train_labels), base.batch_size))
 
 

@@ -41,6 +41,8 @@ class RunConfig:
     limit_test: int | None = None
     image_size: int | None = None
     val_fraction: float = 0.1
+    split_seed: int = 0
+    test_fraction: float = 0.1
     strict: bool = False
     memory_budget: str | None = None
     data_workers: int | None = None
@@ -76,6 +78,12 @@ class RunConfig:
         memory_budget_bytes(self.memory_budget)
         if self.seed < 0:
             raise UsageError(f"seed must be zero or positive, got {self.seed}")
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"val_fraction must be in [0, 1) (0: no validation split), got {self.val_fraction}")
+        if not 0 < self.test_fraction < 1:
+            raise UsageError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
+        if self.split_seed < 0:
+            raise UsageError(f"split_seed must be zero or positive, got {self.split_seed}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for name, allowed in (("augment", AUGMENTATIONS), ("device", DEVICES), ("precision", PRECISIONS),
@@ -86,7 +94,10 @@ class RunConfig:
         from lrlab.schedules import parse_schedule
 
         parse_optimizer(self.optimizer)
-        parse_schedule(self.schedule)
+        schedule = parse_schedule(self.schedule)
+        if self.val_fraction == 0 and (schedule.monitor or "").startswith("val_"):
+            raise UsageError(f"schedule {self.schedule!r} watches {schedule.monitor}, but --val-fraction 0 leaves no "
+                             f"validation split; add monitor=test_loss to it (the article's protocol) or keep a split")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -62,10 +62,11 @@ class RunResult:
     path: str
     state: str
     epochs_completed: int
-    best_test_acc: float
+    best_test_acc: float  # test accuracy at the best epoch, which `selected_on` chose
     best_epoch: int
     final_test_acc: float
     seconds: float
+    selected_on: str = "validation"  # or "test" without a validation split (the article's protocol)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,12 +158,13 @@ def _check_finite(losses: list[float], first_step: int) -> float:
 
 @torch.no_grad()
 def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast: Any = nullcontext,
-             ranks: distributed.Ranks = distributed.SINGLE) -> tuple[float, float]:
-    """Mean loss and accuracy of `model` over `loader` (over every rank's share under torchrun)."""
+             ranks: distributed.Ranks = distributed.SINGLE) -> tuple[float, float, torch.Tensor | None]:
+    """Mean loss and accuracy of `model` over `loader` (over every rank's share under torchrun), and
+    which images it got right, in the loader's order (None under torchrun, where each rank sees a share)."""
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    hits = []
     seen = 0
     for images, labels in loader:
         if not len(labels):
@@ -170,10 +172,67 @@ def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast
         with autocast():
             logits = model(images)
         loss_sum += loss_fn(logits.float(), labels) * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
+        hits.append(logits.argmax(1) == labels)
         seen += len(labels)
-    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, correct, seen, ranks)
-    return loss_total / seen, correct_total / seen
+    right = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=device)
+    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, right.sum(), seen, ranks)
+    return loss_total / seen, correct_total / seen, None if ranks.distributed else right.cpu()
+
+
+def evaluate_splits(loaders: dict[str, BatchLoader], model: nn.Module, loss_fn: nn.Module, autocast: Any = nullcontext,
+                    ranks: distributed.Ranks = distributed.SINGLE) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """`<split>_loss` and `<split>_acc` for each evaluation split ('val' when the run has one, 'test'),
+    and which images of each the model got right (empty under torchrun)."""
+    metrics, correct = {}, {}
+    for split, loader in loaders.items():
+        loss, accuracy, right = evaluate(loader, model, loss_fn, autocast, ranks)
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = loss, accuracy
+        if right is not None:
+            correct[split] = right
+    return metrics, correct
+
+
+def selection_accuracy(metrics: dict[str, float]) -> float:
+    """The accuracy that chooses a run's best epoch: validation when the run has a split, else test
+    (the article's protocol, which makes the chosen number optimistic)."""
+    return metrics["val_acc"] if "val_acc" in metrics else metrics["test_acc"]
+
+
+class BestEpoch:
+    """A run's best epoch so far (by `selection_accuracy`) and which images its final and best epochs got
+    right; one per run, so a loop over a group of runs keeps one each."""
+
+    def __init__(self, run: RunDirectory):
+        self.run = run
+        self.accuracy = -1.0
+        self.epoch = 0
+        self.correct: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_selection_acc": self.accuracy, "best_epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.accuracy, self.epoch = state["best_selection_acc"], state["best_epoch"]
+        stored = self.run.read_correctness()
+        self.correct = {name.removeprefix("best_"): right for name, right in stored.items()
+                        if name.startswith("best_") and name != "best_epoch"}
+
+    def record(self, epoch: int, metrics: dict[str, float], correct: dict[str, torch.Tensor],
+               best_checkpoint: Callable[[], dict[str, Any]]) -> bool:
+        """Note epoch `epoch`'s results; save `best_checkpoint()` as best.pt if it is the best so far.
+
+        Writes correct.npz (which images the final and the best epoch got right) before the caller
+        writes last.pt, so a resumed run never finds it behind its checkpoint.
+        """
+        improved = selection_accuracy(metrics) > self.accuracy
+        if improved:
+            self.accuracy, self.epoch, self.correct = selection_accuracy(metrics), epoch, correct
+            self.run.save_checkpoint(self.run.best_path, best_checkpoint())
+        if correct:
+            self.run.write_correctness(final_epoch=epoch, best_epoch=self.epoch,
+                                       **{f"final_{k}": v for k, v in correct.items()},
+                                       **{f"best_{k}": v for k, v in self.correct.items()})
+        return improved
 
 
 @contextlib.contextmanager
@@ -208,9 +267,19 @@ def versions() -> dict[str, str]:
 
 
 def load_run_data(config: RunConfig) -> ImageData:
-    """The data set `config` names, loaded as it says (size, split, strictness)."""
-    return load_dataset(config.dataset, config.data_dir, config.image_size, config.val_fraction, config.strict,
+    """The data set `config` names, loaded as it says (size, test hold-out of a folder, strictness)."""
+    return load_dataset(config.dataset, config.data_dir, config.image_size, config.test_fraction, config.strict,
                         config.memory_budget)
+
+
+def split_for_run(data: ImageData, config: RunConfig) -> ImageData:
+    """The images a run trains, validates and tests on: `--limit-*` subsets, then the validation split.
+
+    Both depend only on `split_seed`, never on the run's seed, so every run of a comparison
+    validates and tests on the same images (the pairing the statistics rely on).
+    """
+    limited = data.subset(config.limit_train, config.limit_test, seed=config.split_seed)
+    return limited.split_validation(config.val_fraction, config.split_seed)
 
 
 class Trainer:
@@ -234,7 +303,7 @@ class Trainer:
         self.channels_last = config.channels_last if config.channels_last is not None else fast_path
         if data is None:
             data = load_run_data(config)
-        self.data = data.subset(config.limit_train, config.limit_test, seed=0)
+        self.data = split_for_run(data, config)
         augment = config.augment
         if "flip" in augment and not self.data.flip_makes_sense:
             raise UsageError(f"{self.data.name} has images whose meaning changes when mirrored (digits); use --augment none or crop")
@@ -244,11 +313,14 @@ class Trainer:
             shuffle=True, augment=augment, seed=config.seed, device=self.device, channels_last=self.channels_last,
             shard=(self.ranks.rank, self.ranks.world), workers=config.data_workers,
         )
-        self.test_loader = BatchLoader(
-            self.data.test_images, self.data.test_labels, config.eval_batch_size, mean, std,
-            device=self.device, channels_last=self.channels_last, shard=(self.ranks.rank, self.ranks.world),
-            workers=config.data_workers,
-        )
+        splits = {"val": self.data.val_images, "test": self.data.test_images}
+        self.evaluation_loaders = {
+            split: BatchLoader(images, getattr(self.data, f"{split}_labels"), config.eval_batch_size, mean, std,
+                               device=self.device, channels_last=self.channels_last, shard=(self.ranks.rank, self.ranks.world),
+                               workers=config.data_workers)
+            for split, images in splits.items() if images is not None
+        }
+        self.test_loader = self.evaluation_loaders["test"]
         # The seed fixes the initial weights, so every schedule in a comparison starts alike.
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -276,8 +348,7 @@ class Trainer:
                         if self.device.type == "cuda" else f"the {self.device.type} kernels lrlab uses are deterministic already, so it costs nothing here")
                 print(f"lrlab: note: --deterministic: {cost}", file=sys.stderr)
         self.epoch = 0
-        self.best_test_acc = -1.0
-        self.best_epoch = 0
+        self.best = BestEpoch(self.run)
         self.elapsed_seconds = 0.0
 
     def range_test(self, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
@@ -351,8 +422,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "step": self.schedule.step_count,
-            "best_test_acc": self.best_test_acc,
-            "best_epoch": self.best_epoch,
+            **self.best.state_dict(),
             "elapsed_seconds": self.elapsed_seconds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -382,8 +452,7 @@ class Trainer:
         python_state = random.getstate()
         random.setstate((python_state[0], tuple(checkpoint["rng"]["python"]), python_state[2]))
         self.epoch = checkpoint["epoch"]
-        self.best_test_acc = checkpoint["best_test_acc"]
-        self.best_epoch = checkpoint["best_epoch"]
+        self.best.load_state_dict(checkpoint)
         self.elapsed_seconds = checkpoint["elapsed_seconds"]
 
     # -- the run -----------------------------------------------------------------------------
@@ -396,6 +465,11 @@ class Trainer:
         if self.run.holds_run() and not (self.resume or self.overwrite):
             raise UsageError(f"{self.run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
         if self.resume and self.run.holds_run():
+            columns = self.run.metric_columns()
+            if columns and "val_acc" not in columns:
+                raise UsageError(f"{self.run.path} was made by an lrlab without a validation split (its metrics.csv has no "
+                                 f"val_acc column), and resuming it would change its training images; start it afresh "
+                                 f"with --overwrite")
             changed = load_config(self.run.config_path).differences(self.config)
             if changed:
                 raise UsageError(f"{self.run.path} was started with different {', '.join(changed)}; "
@@ -466,7 +540,7 @@ class Trainer:
         self.run.write_status("diverged", epoch=self.epoch + 1, step=diverged.step, loss=str(diverged.loss),
                               reason=f"loss became {diverged.loss} at step {diverged.step} (epoch {self.epoch + 1}); lower the LR")
         if not self.quiet:
-            print(f"lrlab: run diverged at step {diverged.step} (epoch {self.epoch + 1}); best.pt keeps epoch {self.best_epoch}", file=sys.stderr)
+            print(f"lrlab: run diverged at step {diverged.step} (epoch {self.epoch + 1}); best.pt keeps epoch {self.best.epoch}", file=sys.stderr)
         return self._result("diverged")
 
     def end_interrupted(self) -> None:
@@ -478,7 +552,7 @@ class Trainer:
         self.run.write_status("failed", epoch=self.epoch, reason=f"{type(error).__name__}: {error}")
 
     def end_finished(self) -> RunResult:
-        self.run.write_status("finished", epoch=self.epoch, best_test_acc=self.best_test_acc, best_epoch=self.best_epoch)
+        self.run.write_status("finished", epoch=self.epoch, best_epoch=self.best.epoch)
         return self._result("finished")
 
     def is_finished(self) -> bool:
@@ -500,15 +574,19 @@ class Trainer:
                 ranks=self.ranks, graphed=self.graphed_step,
             )
         set_training_mode(self.optimizer, False)
-        test_loss, test_acc = evaluate(self.test_loader, self.model, self.loss_fn, self.autocast, self.ranks)
-        metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
-        self.record_epoch(metrics, lr_at_start, first_step, step_lrs, step_losses, started, quiet, writer)
+        evaluated, correct = evaluate_splits(self.evaluation_loaders, self.model, self.loss_fn, self.autocast, self.ranks)
+        metrics = {"train_loss": train_loss, "train_acc": train_acc, **evaluated}
+        self.record_epoch(metrics, lr_at_start, first_step, step_lrs, step_losses, started, quiet, writer, correct)
 
     def record_epoch(self, metrics: dict[str, float], lr_at_start: float, first_step: int, step_lrs: list[float],
-                     step_losses: list[float], started: float, quiet: bool, writer: Any = None) -> None:
-        """After an epoch's training and evaluation (here or in a group): step the schedule, write rows and checkpoints."""
+                     step_losses: list[float], started: float, quiet: bool, writer: Any = None,
+                     correct: dict[str, torch.Tensor] | None = None) -> None:
+        """After an epoch's training and evaluation (here or in a group): step the schedule, write rows and checkpoints.
+
+        `metrics` holds train_*, test_* and, when the run has a validation split, val_* figures;
+        `correct` which images of each split the model got right (see `evaluate_splits`).
+        """
         epoch = self.epoch + 1
-        test_loss, test_acc = metrics["test_loss"], metrics["test_acc"]
         train_loss, train_acc = metrics["train_loss"], metrics["train_acc"]
         self.schedule.after_epoch(metrics)
         seconds = time.perf_counter() - started
@@ -520,12 +598,10 @@ class Trainer:
         ])
         self.run.append_metrics({"epoch": epoch, "lr": lr_at_start, **metrics,
                                  "seconds": round(seconds, 3), "elapsed_seconds": round(self.elapsed_seconds, 3)})
-        if test_acc > self.best_test_acc:
-            self.best_test_acc, self.best_epoch = test_acc, epoch
-            self.run.save_checkpoint(self.run.best_path, {
-                "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "epoch": epoch,
-                "test_acc": test_acc, "model": self.model.state_dict(),
-            })
+        self.best.record(epoch, metrics, correct or {}, lambda: {
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "epoch": epoch,
+            **{name: metrics[name] for name in ("val_acc", "test_acc") if name in metrics}, "model": self.model.state_dict(),
+        })
         self.run.save_checkpoint(self.run.last_path, self._checkpoint())
         if TEST_EPOCH_DELAY_SECONDS:
             time.sleep(TEST_EPOCH_DELAY_SECONDS)
@@ -536,9 +612,10 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(epoch, metrics)
         if not quiet:
+            validation = f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:6.2%}  " if "val_acc" in metrics else ""
             tqdm.write(
                 f"epoch {epoch:>3}/{self.config.epochs}  lr {lr_at_start:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
-                f"test loss {test_loss:.4f} acc {test_acc:6.2%}  {seconds:.1f} s", file=sys.stderr,
+                f"{validation}test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:6.2%}  {seconds:.1f} s", file=sys.stderr,
             )
 
     def _tensorboard(self):
@@ -550,11 +627,12 @@ class Trainer:
 
     def _result(self, state: str) -> RunResult:
         metrics = self.run.read_metrics()
+        at_best = [row["test_acc"] for row in metrics if row["epoch"] == self.best.epoch]
         return RunResult(
             path=str(self.run.path), state=state, epochs_completed=self.epoch,
-            best_test_acc=max(self.best_test_acc, 0.0), best_epoch=self.best_epoch,
+            best_test_acc=at_best[0] if at_best else 0.0, best_epoch=self.best.epoch,
             final_test_acc=metrics[-1]["test_acc"] if metrics else float("nan"),
-            seconds=self.elapsed_seconds,
+            seconds=self.elapsed_seconds, selected_on="validation" if self.data.val_images is not None else "test",
         )
 
 

@@ -130,12 +130,15 @@ class GroupTrainer:
         survivors = [index for index in range(len(members)) if index not in trained.diverged]
         stacked.copy_into(members[index].model for index in survivors)
         optimizer.export_state()
-        test_losses, test_accs = evaluate_group(first.test_loader, stacked, autocast=first.autocast)
+        evaluated = {split: evaluate_group(loader, stacked, autocast=first.autocast)
+                     for split, loader in first.evaluation_loaders.items()}
         for position, index in enumerate(survivors):
-            metrics = {"train_loss": trained.loss_sums[index] / trained.seen, "train_acc": trained.correct[index] / trained.seen,
-                       "test_loss": test_losses[position], "test_acc": test_accs[position]}
+            metrics = {"train_loss": trained.loss_sums[index] / trained.seen, "train_acc": trained.correct[index] / trained.seen}
+            for split, (losses, accuracies, _) in evaluated.items():
+                metrics[f"{split}_loss"], metrics[f"{split}_acc"] = losses[position], accuracies[position]
+            correct = {split: hits[position] for split, (_, _, hits) in evaluated.items()}
             members[index].record_epoch(metrics, lrs_at_start[index], first_step, trained.step_lrs[index],
-                                        trained.step_losses[index], started, quiet=True)
+                                        trained.step_losses[index], started, quiet=True, correct=correct)
         return {members[index]: diverged for index, diverged in trained.diverged.items()}
 
 
@@ -200,12 +203,14 @@ def _drop_diverged(window: torch.Tensor, alive: list[int], first_step: int, dive
 
 
 @torch.no_grad()
-def evaluate_group(loader, stacked: StackedModel, autocast: Callable = contextlib.nullcontext) -> tuple[list[float], list[float]]:
-    """Each arm's mean loss and accuracy over `loader`, as `engine.evaluate` gives one model's."""
+def evaluate_group(loader, stacked: StackedModel,
+                   autocast: Callable = contextlib.nullcontext) -> tuple[list[float], list[float], torch.Tensor]:
+    """Each arm's mean loss and accuracy over `loader`, as `engine.evaluate` gives one model's, and
+    which images each arm got right (arms x images, on the CPU)."""
     arms = stacked.arms
     device = stacked.parameter_list()[0].device
     loss_sums = torch.zeros(arms, device=device)
-    correct = torch.zeros(arms, device=device, dtype=torch.long)
+    hits = []
     seen = 0
     per_arm_loss = torch.func.vmap(stacked.loss_fn, in_dims=(0, None))
     for images, labels in loader:
@@ -214,7 +219,8 @@ def evaluate_group(loader, stacked: StackedModel, autocast: Callable = contextli
         with autocast():
             logits = stacked.logits(images)
         loss_sums += per_arm_loss(logits.float(), labels) * len(labels)
-        correct += (logits.argmax(-1) == labels).sum(1)
+        hits.append(logits.argmax(-1) == labels)
         seen += len(labels)
+    right = torch.cat(hits, dim=1)
     # Divided in float64, as engine.evaluate divides the Python float it reads.
-    return (loss_sums.double() / seen).tolist(), (correct.double() / seen).tolist()
+    return (loss_sums.double() / seen).tolist(), (right.sum(1).double() / seen).tolist(), right.cpu()

@@ -15,7 +15,7 @@ from itertools import pairwise
 import torch
 
 from lrlab.errors import UsageError
-from lrlab.schedules import ScheduleDriver, ScheduleSpec, parse_schedule
+from lrlab.schedules import MONITORS, ScheduleDriver, ScheduleSpec, parse_schedule
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def preview(
                 except ValueError as error:  # OneCycleLR refuses to step past its total_steps
                     raise UsageError(f"schedule {spec.text!r} fails at step {rows[-1].step}: {error}") from None
             metric = 1.0 if metric_per_epoch is None else metric_per_epoch[epoch - 1]
-            driver.after_epoch({name: metric for name in ("test_loss", "test_acc", "train_loss", "train_acc")})
+            driver.after_epoch({name: metric for name in MONITORS})
     return rows
 
 

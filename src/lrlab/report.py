@@ -53,8 +53,8 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
             "final_acc_mean": _pct(final.mean) if final else "n/a",
             "final_acc_std": _pct(final.std) if final else "n/a",
             "final_acc_ci95": _interval(final.ci_low, final.ci_high) if final else "n/a",
-            "best_acc_mean": _pct(best.mean) if best else "n/a",
-            "best_acc_ci95": _interval(best.ci_low, best.ci_high) if best else "n/a",
+            "best_epoch_test_acc_mean": _pct(best.mean) if best else "n/a",
+            "best_epoch_test_acc_ci95": _interval(best.ci_low, best.ci_high) if best else "n/a",
             "diff_vs_baseline": ("baseline" if result.label == comparison.baseline else
                                  f"{100 * diff.mean:+.2f}" if diff else "n/a"),
             "diff_ci95": _interval(diff.ci_low, diff.ci_high) if diff else "",
@@ -64,6 +64,15 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
             "auc_acc_mean": _pct(auc.mean) if auc else "n/a",
         })
     return rows
+
+
+OPTIMISTIC = ("These runs have no validation split (--val-fraction 0, the article's protocol), so their best epochs and "
+              "plateau cuts were chosen on the test data, and the best-epoch accuracies are optimistic.")
+
+
+def _best_epoch_header(comparison: Comparison) -> str:
+    return ("test acc at best-val epoch %" if comparison.selected_on == "validation"
+            else "best test acc % (chosen on test: optimistic)")
 
 
 def verdict(comparison: Comparison) -> str:
@@ -100,6 +109,8 @@ def verdict(comparison: Comparison) -> str:
     if unclear:
         lines.append(f"Not distinguishable from {base} with these seeds (the interval of the difference includes zero): "
                      f"{', '.join(unclear)}.")
+    if comparison.selected_on == "test":
+        lines.append(OPTIMISTIC)
     problems = [f"{r.label} ({', '.join(f'seed {s} {st}' for s, st in r.states.items() if st != 'finished')})"
                 for r in comparison.results if any(st != "finished" for st in r.states.values())]
     if problems:
@@ -118,13 +129,13 @@ def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(rows)
     RunDirectory(comparison.out).write_text(csv_path, text.getvalue())
-    headers = ["schedule", "final acc % (mean ± sd)", "95% CI", "best acc %", f"vs {comparison.baseline} (points)",
+    headers = ["schedule", "final acc % (mean ± sd)", "95% CI", _best_epoch_header(comparison), f"vs {comparison.baseline} (points)",
                "95% CI of difference", "p (paired t)", f"epochs to {_pct(comparison.target_acc)}%", "mean acc over training %"]
     lines = [f"# Schedule comparison: {comparison.out.name}", "", verdict(comparison), "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [f"`{row['spec']}`" if row["schedule"] == row["spec"] else f"{row['schedule']} (`{row['spec']}`)",
-                 f"{row['final_acc_mean']} ± {row['final_acc_std']}", row["final_acc_ci95"], row["best_acc_mean"],
+                 f"{row['final_acc_mean']} ± {row['final_acc_std']}", row["final_acc_ci95"], row["best_epoch_test_acc_mean"],
                  row["diff_vs_baseline"], row["diff_ci95"], row["p_value"], row["epochs_to_target"], row["auc_acc_mean"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", (f"Target accuracy for 'epochs to': {_pct(comparison.target_acc)}% "

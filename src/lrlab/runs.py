@@ -15,11 +15,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 
 from lrlab.errors import UsageError
 
-METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "elapsed_seconds")
+# val_loss and val_acc stay empty in a run without a validation split.
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
+                  "elapsed_seconds")
 STEP_COLUMNS = ("step", "epoch", "lr", "loss")
 STATES = ("running", "finished", "diverged", "failed", "interrupted")
 
@@ -55,6 +58,7 @@ class RunDirectory:
         self.status_path = self.path / "status.json"
         self.best_path = self.path / "best.pt"
         self.last_path = self.path / "last.pt"
+        self.correctness_path = self.path / "correct.npz"
 
     @contextlib.contextmanager
     def locked(self, take_over: bool = False) -> Iterator[None]:
@@ -99,7 +103,8 @@ class RunDirectory:
 
     def clear(self) -> None:
         """Remove the files a run writes (for --overwrite); anything else in the folder stays."""
-        for path in (self.config_path, self.metrics_path, self.steps_path, self.status_path, self.best_path, self.last_path):
+        for path in (self.config_path, self.metrics_path, self.steps_path, self.status_path, self.best_path, self.last_path,
+                     self.correctness_path):
             path.unlink(missing_ok=True)
         for events in self.path.glob("events.out.tfevents.*"):
             events.unlink()
@@ -144,6 +149,14 @@ class RunDirectory:
     def append_steps(self, rows: list[dict[str, Any]]) -> None:
         self._append(self.steps_path, STEP_COLUMNS, rows)
 
+    def metric_columns(self) -> list[str]:
+        """The header of metrics.csv as written (older runs lack the val columns); empty if none."""
+        try:
+            with open(self.metrics_path, newline="") as handle:
+                return next(csv.reader(handle), [])
+        except OSError:
+            return []
+
     def read_metrics(self) -> list[dict[str, float]]:
         return _read_csv(self.metrics_path)
 
@@ -159,6 +172,29 @@ class RunDirectory:
             writer.writeheader()
             writer.writerows({k: _plain(v) for k, v in row.items()} for row in kept)
             self.write_text(path, text.getvalue())
+
+    def write_correctness(self, final_epoch: int, best_epoch: int, **correct: torch.Tensor) -> None:
+        """correct.npz: for `final_<split>` and `best_<split>`, which images (in the split's fixed order)
+        that epoch's model got right, one bit per image."""
+        arrays = {"final_epoch": numpy.array(final_epoch), "best_epoch": numpy.array(best_epoch)}
+        for name, right in correct.items():
+            arrays[name] = numpy.packbits(right.numpy())
+            arrays[f"{name}_count"] = numpy.array(len(right))
+        write_atomically(self.correctness_path, lambda out: numpy.savez_compressed(out, **arrays))
+
+    def read_correctness(self) -> dict[str, Any]:
+        """What correct.npz holds: boolean tensors per `final_<split>` / `best_<split>`, and the two epochs;
+        empty when the run has none (not started, or trained under torchrun)."""
+        try:
+            with numpy.load(self.correctness_path) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError):
+            return {}
+        record: dict[str, Any] = {"final_epoch": int(arrays.pop("final_epoch")), "best_epoch": int(arrays.pop("best_epoch"))}
+        for name in [n for n in arrays if not n.endswith("_count")]:
+            count = int(arrays[f"{name}_count"])
+            record[name] = torch.from_numpy(numpy.unpackbits(arrays[name])[:count].astype(bool))
+        return record
 
     def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
         write_atomically(path, lambda out: torch.save(state, out))

@@ -37,7 +37,7 @@ SHORT_NAMES = {
 NO_SCHEDULE = "constant"
 PER_STEP_BY_DEFAULT = {"OneCycleLR", "CyclicLR"}
 COMBINATORS = {"SequentialLR", "ChainedScheduler"}
-MONITORS = ("test_loss", "test_acc", "train_loss", "train_acc")
+MONITORS = ("val_loss", "val_acc", "test_loss", "test_acc", "train_loss", "train_acc")
 # Arguments lrlab fills in itself, so the user never passes an optimizer or a position.
 FILLED_BY_LRLAB = ("optimizer", "last_epoch", "verbose")
 
@@ -205,7 +205,7 @@ def parse_schedule(text: str) -> ScheduleSpec:
     if "lr_lambda" in arguments:
         LrLambda(arguments["lr_lambda"])
     if class_name == "ReduceLROnPlateau":
-        monitor = monitor or "test_loss"
+        monitor = monitor or "val_loss"
         if monitor not in MONITORS:
             raise UsageError(f"{context}: monitor={monitor!r} should be one of {', '.join(MONITORS)}")
         wants_max = monitor.endswith("_acc")

@@ -25,7 +25,7 @@ def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
-    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     strict: bool = False,
     memory_budget: str | None = None,
 ) -> ImageData:
@@ -34,7 +34,7 @@ def load_dataset(
     Everything is held in memory, except a folder data set larger than `memory_budget` once decoded.
     """
     if name.startswith("folder:"):
-        return folder.load(name.partition(":")[2], image_size, val_fraction, strict, memory_budget)
+        return folder.load(name.partition(":")[2], image_size, test_fraction, strict, memory_budget)
     if name in idx.SOURCES:
         data = idx.load(name, data_dir)
     elif name in cifar.SOURCES:

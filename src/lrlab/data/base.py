@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,10 +26,15 @@ class ImageData:
     flip_makes_sense: bool = True
     # Fixed per-channel (mean, std) where the source computes it from a sample, not from every image.
     statistics: tuple[list[float], list[float]] | None = None
+    # Held out of the training images by `split_validation`; None until then (or with no split).
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        for split in ("train", "test", "val"):
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if images is None:
+                continue
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise ValueError(f"{split} images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
             if len(images) != len(labels):
@@ -61,9 +66,49 @@ class ImageData:
                 keep = torch.randperm(len(images), generator=generator)[:limit].sort().values
                 images, labels = images[keep], labels[keep]
             splits[split] = (images, labels)
-        return ImageData(
-            self.name, *splits["train"], *splits["test"], self.classes, self.source, self.flip_makes_sense, self.statistics
-        )
+        return replace(self, train_images=splits["train"][0], train_labels=splits["train"][1],
+                       test_images=splits["test"][0], test_labels=splits["test"][1])
+
+    def split_validation(self, fraction: float, seed: int) -> ImageData:
+        """`fraction` of the training images, stratified by class, moved into a validation split.
+
+        The split depends only on the labels, `fraction` and `seed`, so every run of a comparison
+        (every schedule, every training seed) validates on the same images.
+        """
+        if fraction == 0:
+            return replace(self, val_images=None, val_labels=None)
+        kept, held = stratified_holdout(self.train_labels, fraction, seed)
+        if not len(kept):
+            raise UsageError(f"--val-fraction {fraction} leaves no training images; use a smaller fraction")
+        return replace(self, train_images=self.train_images[kept], train_labels=self.train_labels[kept],
+                       val_images=self.train_images[held], val_labels=self.train_labels[held])
+
+
+def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out), each sorted: `fraction` of the images of each class is held out.
+
+    Class shares are rounded by largest remainder, so the held-out total is round(fraction * N)
+    (at least one image) and each class keeps its proportion. Written here rather than taken from
+    scikit-learn because its stratified splitters refuse hold-outs smaller than the number of
+    classes, which small folders and test subsets need.
+    """
+    if not 0 < fraction < 1:
+        raise UsageError(f"a held-out fraction of {fraction} should be between 0 and 1")
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)
+    total = min(len(labels), max(1, round(fraction * len(labels))))
+    quotas = counts.double() * total / len(labels)
+    shares = quotas.floor().long()
+    leftover = total - int(shares.sum())
+    shares[torch.argsort(quotas - shares, descending=True, stable=True)[:leftover]] += 1
+    held = []
+    for label, share in zip(classes.tolist(), shares.tolist()):
+        members = (labels == label).nonzero().flatten()
+        held.append(members[torch.randperm(len(members), generator=generator)[:share]])
+    held_index = torch.cat(held).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_index] = False
+    return mask.nonzero().flatten(), held_index
 
 
 def pixel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]:

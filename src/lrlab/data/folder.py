@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from lrlab.data.base import ImageData, pixel_statistics
+from lrlab.data.base import ImageData, pixel_statistics, stratified_holdout
 from lrlab.data.files import FileImages, decode, memory_budget_bytes
 from lrlab.errors import UsageError
 
@@ -76,9 +76,10 @@ def _statistics(images: torch.Tensor | FileImages) -> tuple[list[float], list[fl
     return pixel_statistics(picked)
 
 
-def load(path: str, image_size: int | None, val_fraction: float, strict: bool = False,
+def load(path: str, image_size: int | None, test_fraction: float, strict: bool = False,
          memory_budget: str | None = None) -> ImageData:
-    """`path/train/<class>/*` and `path/test/<class>/*`, or one `path/<class>/*` split by `val_fraction`."""
+    """`path/train/<class>/*` and `path/test/<class>/*`, or one `path/<class>/*` of which `test_fraction`
+    (stratified by class) is held out for testing."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UsageError(f"folder data set {root} does not exist; pass folder:PATH with a folder of class folders")
@@ -99,12 +100,10 @@ def load(path: str, image_size: int | None, val_fraction: float, strict: bool = 
     if split_folders:
         train, test = (_split(f, size, strict, stream) for f in folders)
     else:
-        if not 0 < val_fraction < 1:
-            raise UsageError(f"--val-fraction {val_fraction} should be between 0 and 1")
+        if not 0 < test_fraction < 1:
+            raise UsageError(f"--test-fraction {test_fraction} should be between 0 and 1")
         images, labels = _split(folders[0], size, strict, stream)
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-        held_out = max(1, round(val_fraction * len(labels)))
-        test_index, train_index = order[:held_out], order[held_out:]
+        train_index, test_index = stratified_holdout(labels, test_fraction, seed=0)
         train, test = (images[train_index], labels[train_index]), (images[test_index], labels[test_index])
     return ImageData(f"folder:{root}", *train, *test, folders[0].classes, str(root), flip_makes_sense=True,
                      statistics=_statistics(train[0]))
