@@ -7,6 +7,7 @@ import functools
 import gzip
 import http.server
 import io
+import os
 import pickle
 import struct
 import tarfile
@@ -80,3 +81,10 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 def without_timing(rows: list[dict]) -> list[dict]:
     """Metrics rows without their wall-clock columns, which no two runs share."""
     return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
+
+
+def slow_epochs(seconds: float) -> dict[str, str]:
+    """Environment for a child process whose epochs pause `seconds` after writing last.pt (tests/slow_epochs)."""
+    hook = str(Path(__file__).parent / "slow_epochs")
+    python_path = os.pathsep.join(p for p in (hook, os.environ.get("PYTHONPATH", "")) if p)
+    return {"LRLAB_TESTS_EPOCH_PAUSE": str(seconds), "PYTHONPATH": python_path}

@@ -347,7 +347,7 @@ def test_a_folder_over_the_memory_budget_streams_and_trains_exactly_as_in_memory
 
 @pytest.mark.parametrize("text, expected", [("512M", 512 * 2**20), ("8G", 8 * 2**30), ("1.5k", 1536), ("2048", 2048)])
 def test_memory_budget_sizes(text, expected):
-    from lrlab.data.files import memory_budget_bytes
+    from lrlab.config import memory_budget_bytes
 
     assert memory_budget_bytes(text) == expected
     assert 0 < memory_budget_bytes("0.5") < memory_budget_bytes(None) * 4

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import slow_epochs
 
 from lrlab.cli import main
 from lrlab.data import BatchLoader
@@ -65,7 +66,7 @@ def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(tmp
 def test_a_torchrun_run_killed_mid_way_resumes_under_torchrun(tmp_path):
     one = single_process(tmp_path / "one", epochs=5)
     out = tmp_path / "two"
-    process = torchrun("--epochs", "5", "--out", str(out), env={"LRLAB_TEST_EPOCH_DELAY": "0.5"})
+    process = torchrun("--epochs", "5", "--out", str(out), env=slow_epochs(0.5))
     run = RunDirectory(out)
     deadline = time.time() + 120
     while time.time() < deadline and len(run.read_metrics()) < 2 and process.poll() is None:

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import without_timing
+from helpers import slow_epochs, without_timing
 
 from lrlab.cli import main
-from lrlab.aggregate import Variant, aggregate
+from lrlab.aggregate import aggregate
 from lrlab.compare import run_comparison
+from lrlab.comparison import Variant
 from lrlab.errors import UsageError
 from lrlab.executors import (
     InProcess,
@@ -40,7 +41,7 @@ def local_ray():
     """One local Ray instance for the module; epochs slowed so a kill lands mid-run."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"LRLAB_TEST_EPOCH_DELAY": "0.3"}})
+             runtime_env={"env_vars": slow_epochs(0.3)})
     yield ray
     ray.shutdown()
 
@@ -82,7 +83,8 @@ def test_a_seed_gives_the_same_numbers_in_process_in_a_pool_and_on_ray(tiny_conf
 
 
 def test_a_pool_worker_killed_mid_run_is_retried_from_its_checkpoint(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setenv("LRLAB_TEST_EPOCH_DELAY", "0.3")
+    for name, value in slow_epochs(0.3).items():  # for the pool's worker processes
+        monkeypatch.setenv(name, value)
     base = tiny_config(epochs=4)
     run_comparison(base, VARIANTS[:1], [0], tmp_path / "whole", show_progress=False, executor=InProcess(threads=1))
     victim = RunDirectory(tmp_path / "pool" / "step" / "seed-0")
@@ -116,7 +118,8 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_ends_as_if_never_killed(tiny
 
 
 def test_a_worker_that_keeps_dying_fails_its_run_and_the_others_finish(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setenv("LRLAB_TEST_EPOCH_DELAY", "0.3")
+    for name, value in slow_epochs(0.3).items():  # for the pool's worker processes
+        monkeypatch.setenv(name, value)
     victim = RunDirectory(tmp_path / "pool" / "step" / "seed-0")
     killed = []
     killer = kill_a_worker_mid_run(victim, killed)

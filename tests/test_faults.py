@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import without_timing
+from helpers import slow_epochs, without_timing
 
 from lrlab import Trainer, train
 from lrlab.cli import main
@@ -107,7 +107,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_config, tmp_path)
                "--epochs", str(epochs), "--batch-size", "64", "--schedule", "onecycle:max_lr=0.1",
                "--optimizer", "sgd:lr=0.05,momentum=0.9", "--out", killed.out, "--quiet"]
     # Slow each epoch down so the kill lands mid-run, after some epochs and before the end.
-    process = subprocess.Popen(command, env={**os.environ, "LRLAB_TEST_EPOCH_DELAY": "0.3"})
+    process = subprocess.Popen(command, env={**os.environ, **slow_epochs(0.3)})
     metrics_path = Path(killed.out) / "metrics.csv"
     deadline = time.time() + 60
     while time.time() < deadline and (not metrics_path.exists() or len(metrics_path.read_text().splitlines()) < 3):
@@ -160,7 +160,7 @@ def test_sigterm_and_ctrl_c_mark_the_run_interrupted_and_it_resumes(tiny_config,
     out = tmp_path / "run"
     command = ["lrlab", "train", "--dataset", "digits", "--model", "cnn", "--width", "4", "--epochs", "6",
                "--batch-size", "64", "--out", str(out), "--quiet"]
-    process = subprocess.Popen(command, env={**os.environ, "LRLAB_TEST_EPOCH_DELAY": "0.3"},
+    process = subprocess.Popen(command, env={**os.environ, **slow_epochs(0.3)},
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "last.pt").exists():
@@ -311,7 +311,7 @@ def test_a_real_full_disk_mid_run_exits_2_and_the_run_resumes_once_there_is_room
     with tmpfs(tmp_path / "disk", "2m") as disk:
         config = tiny_config(epochs=6, out=str(disk / "run"))
         process = subprocess.Popen(["lrlab", "train", "--config", config_file(config, tmp_path / "run.yaml")],
-                                   env={**os.environ, "LRLAB_TEST_EPOCH_DELAY": "0.3"}, stderr=subprocess.PIPE, text=True)
+                                   env={**os.environ, **slow_epochs(0.3)}, stderr=subprocess.PIPE, text=True)
         run = RunDirectory(config.out)
         deadline = time.time() + 60
         while time.time() < deadline and len(run.read_metrics()) < 2:

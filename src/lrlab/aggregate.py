@@ -6,14 +6,13 @@ importing the engine, the executors or the grid runner.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lrlab.comparison import MANIFEST, Variant, read_manifest, run_path
 from lrlab.config import config_from_dict
-from lrlab.errors import UsageError
 from lrlab.runs import RunDirectory
 from lrlab.stats import (
     PairedDifference,
@@ -24,31 +23,6 @@ from lrlab.stats import (
     seconds_to_target,
     summarize,
 )
-
-MANIFEST = "comparison.json"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One arm of a comparison: a schedule, and optionally its own optimizer."""
-
-    label: str
-    schedule: str
-    optimizer: str | None = None
-
-
-def run_path(out: Path, variant: Variant, seed: int) -> Path:
-    return out / variant.label / f"seed-{seed}"
-
-
-
-def read_manifest(out: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(out) / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{out} holds no comparison ({MANIFEST} is missing); run lrlab compare first") from None
-    except ValueError:
-        raise UsageError(f"{Path(out) / MANIFEST} is damaged; run lrlab compare again with the same --out") from None
 
 
 @dataclass
@@ -98,7 +72,7 @@ def aggregate(out: str | Path) -> Comparison:
     for variant in variants:
         states, curves, steps, retries = {}, {}, {}, {}
         for seed in seeds:
-            run = RunDirectory(run_path(out, variant, seed))
+            run = RunDirectory(run_path(out, variant.label, seed))
             status = run.read_status() if run.path.exists() else {"state": "missing"}
             states[seed] = status.get("state", "missing")
             if status.get("retries"):

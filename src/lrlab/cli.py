@@ -11,6 +11,7 @@ from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 from lrlab import __version__
+from lrlab.comparison import PRESETS
 from lrlab.config import RunConfig, config_from_dict, load_config
 from lrlab.errors import UsageError
 
@@ -73,7 +74,6 @@ FIND_LR_EXAMPLES = """examples:
   lrlab find-lr --dataset digits --repeats 3 --out runs/lr-digits      # median and spread over 3 seeds
   lrlab train ... --optimizer sgd:lr=auto,momentum=0.9                 # range test first, then train at its pick
 """
-PRESET_NAMES = ("article", "modern")
 
 
 class Parser(argparse.ArgumentParser):
@@ -125,7 +125,7 @@ def build_parser() -> Parser:
 
     compare = commands.add_parser("compare", help="train several schedules x seeds and report which is better",
                                   epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    compare.add_argument("--preset", choices=sorted(PRESET_NAMES), help="a ready set of schedules (article, modern)")
+    compare.add_argument("--preset", choices=sorted(PRESETS), help=f"a ready set of schedules ({', '.join(PRESETS)})")
     compare.add_argument("--schedules", nargs="+", metavar="SPEC", help="schedule specs to compare (instead of --preset)")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each is one paired run per schedule (default: 0 1 2)")
     compare.add_argument("--baseline", help="label of the schedule the others are compared with (default: the first)")
@@ -221,7 +221,7 @@ def _train(arguments: argparse.Namespace) -> int:
 
 
 def _compare(arguments: argparse.Namespace) -> int:
-    from lrlab.compare import PRESETS, run_comparison, variants_from_specs
+    from lrlab.compare import run_comparison, variants_from_specs
     from lrlab.executors import build_executor
     from lrlab.report import build_report, verdict
 

@@ -10,54 +10,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from lrlab.aggregate import MANIFEST, Variant, read_manifest, run_path
+from lrlab.comparison import MANIFEST, Variant, read_manifest, run_path
 from lrlab.config import RunConfig, config_from_dict
 from lrlab.data.loader import batches_per_epoch
 from lrlab.errors import UsageError
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
 from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
-
-
-@dataclass(frozen=True)
-class Preset:
-    description: str
-    epochs: int
-    variants: tuple[Variant, ...]
-    val_fraction: float | None = None  # None: the usual default
-
-
-PRESETS = {
-    "article": Preset(
-        "the article's experiment: a fixed LR against StepLR, CosineAnnealingLR, ReduceLROnPlateau and ExponentialLR "
-        "with its exact settings, stepped once per epoch after training, over 20 epochs",
-        20,
-        (
-            Variant("constant", "constant"),
-            Variant("step", "step:step_size=5,gamma=0.5"),
-            Variant("cosine-T50", "cosine:T_max=50"),
-            Variant("plateau", "plateau:mode=min,factor=0.5,patience=5,monitor=test_loss"),
-            Variant("exponential", "exponential:gamma=0.95"),
-        ),
-        val_fraction=0,  # the article chose on test data; its report says that is optimistic
-    ),
-    "modern": Preset(
-        "what people use today: one-cycle, linear warmup then cosine to zero, linear decay to zero, "
-        "and schedule-free AdamW (no schedule at all), over 20 epochs",
-        20,
-        (
-            Variant("constant", "constant"),
-            Variant("onecycle", "onecycle:max_lr=0.1"),
-            Variant("warmup-cosine", "warmup(linear,epochs=1)+cosine:T_max=19"),
-            Variant("linear-to-zero", "linear:start_factor=1.0,end_factor=0.0,total_iters=20"),
-            Variant("schedulefree-adamw", "constant", "adamw-schedulefree:lr=0.005,warmup_steps=200"),
-        ),
-    ),
-}
 
 
 def label_for(spec: str) -> str:
@@ -74,7 +37,7 @@ def variants_from_specs(specs: list[str]) -> list[Variant]:
 
 def run_config(base: RunConfig, variant: Variant, seed: int, out: Path) -> RunConfig:
     return replace(base, schedule=variant.schedule, optimizer=variant.optimizer or base.optimizer,
-                   seed=seed, out=str(run_path(out, variant, seed)), quiet=True)
+                   seed=seed, out=str(run_path(out, variant.label, seed)), quiet=True)
 
 
 def _write_manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: list[int], baseline: str,

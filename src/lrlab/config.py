@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -11,13 +13,15 @@ from typing import Any
 
 import yaml
 
-from lrlab.data.loader import AUGMENTATIONS
 from lrlab.errors import UsageError
 from lrlab.specs import suggestion
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 GRAPH_CAPTURE = ("auto", "on", "off")
+AUGMENTATIONS = ("none", "flip", "crop+flip", "crop")
+DEFAULT_BUDGET_FRACTION = 0.25
+UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # Fields that change how a run is carried out, not what it computes; a resume may change them.
 RUNTIME_ONLY = ("device", "graph_capture", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers")
 
@@ -73,8 +77,6 @@ class RunConfig:
                 raise UsageError(f"{name} must be at least 1, got {value}")
         if self.data_workers is not None and self.data_workers < 0:
             raise UsageError(f"data_workers must be zero or positive, got {self.data_workers}")
-        from lrlab.data.files import memory_budget_bytes
-
         memory_budget_bytes(self.memory_budget)
         if self.seed < 0:
             raise UsageError(f"seed must be zero or positive, got {self.seed}")
@@ -106,6 +108,20 @@ class RunConfig:
     def differences(self, other: RunConfig, ignore: tuple[str, ...] = RUNTIME_ONLY) -> list[str]:
         """Names of fields whose values differ, runtime-only fields aside."""
         return [f.name for f in fields(self) if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
+
+
+def memory_budget_bytes(text: str | None) -> int:
+    """`--memory-budget`: bytes with an optional K/M/G/T suffix (e.g. 8G), or a fraction of RAM (e.g. 0.25)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if text is None:
+        return int(total * DEFAULT_BUDGET_FRACTION)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)B?\s*", str(text).upper())
+    if not match:
+        raise UsageError(f"--memory-budget {text!r} should be a size like 512M or 8G, or a fraction of RAM like 0.25")
+    number, unit = float(match.group(1)), match.group(2)
+    if not unit and number <= 1:
+        return int(total * number)
+    return int(number * UNITS[unit])
 
 
 def _fits(value: Any, hint: Any) -> bool:

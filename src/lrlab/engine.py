@@ -12,7 +12,6 @@ import importlib.metadata
 import json
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,8 +42,6 @@ from lrlab.schedules import ScheduleDriver, parse_schedule
 from lrlab.steps import GraphedStep, eager_step
 
 CHECKPOINT_FORMAT = 1
-# Lets the fault tests kill a run between epochs reliably; never set in normal use.
-TEST_EPOCH_DELAY_SECONDS = float(os.environ.get("LRLAB_TEST_EPOCH_DELAY", "0"))
 
 
 class Diverged(Exception):
@@ -323,7 +320,6 @@ class Trainer:
         self.test_loader = self.evaluation_loaders["test"]
         # The seed fixes the initial weights, so every schedule in a comparison starts alike.
         torch.manual_seed(config.seed)
-        random.seed(config.seed)
         model = build_model(config.model, self.data.channels, self.data.image_size, self.data.num_classes, config.width)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.forward_model = self._data_parallel() if self.ranks.distributed else self.model
@@ -413,7 +409,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def _checkpoint(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+        rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
@@ -449,8 +445,6 @@ class Trainer:
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        python_state = random.getstate()
-        random.setstate((python_state[0], tuple(checkpoint["rng"]["python"]), python_state[2]))
         self.epoch = checkpoint["epoch"]
         self.best.load_state_dict(checkpoint)
         self.elapsed_seconds = checkpoint["elapsed_seconds"]
@@ -603,8 +597,6 @@ class Trainer:
             **{name: metrics[name] for name in ("val_acc", "test_acc") if name in metrics}, "model": self.model.state_dict(),
         })
         self.run.save_checkpoint(self.run.last_path, self._checkpoint())
-        if TEST_EPOCH_DELAY_SECONDS:
-            time.sleep(TEST_EPOCH_DELAY_SECONDS)
         if writer is not None:
             for name, value in metrics.items():
                 writer.add_scalar(name, value, epoch)

@@ -39,14 +39,6 @@ class OptimizerSpec:
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def schedule_free(self) -> bool:
-        return self.name in SCHEDULE_FREE
-
-    @property
-    def lr(self) -> Any:
-        return self.arguments.get("lr", inspect.signature(optimizer_classes()[self.name]).parameters["lr"].default)
-
 
 def parse_optimizer(text: str) -> OptimizerSpec:
     """Parse and check an optimizer spec; `lr=auto` is kept for the LR finder to fill in."""

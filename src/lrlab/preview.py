@@ -6,7 +6,6 @@ with exactly the calls the engine makes, so a preview matches what training logs
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,9 +76,9 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
     warnings_found: list[str] = []
     epoch_lrs = _epoch_lrs(rows)
     final_factor = rows[-1].lr / rows[0].lr if spec.warmup is None else rows[-1].lr / max(r.lr for r in rows)
-    warmup_steps = spec.warmup.total_steps(steps_per_epoch) if spec.warmup else 0
+    warmup_steps = spec.warmup_steps(steps_per_epoch)
     unit = "steps" if spec.per_step else "epochs"
-    length = (epochs * steps_per_epoch - warmup_steps) if spec.per_step else epochs - math.ceil(warmup_steps / steps_per_epoch)
+    length = spec.main_length(epochs, steps_per_epoch)
     arguments = spec.arguments
 
     if spec.warmup and warmup_steps >= epochs * steps_per_epoch / 2:

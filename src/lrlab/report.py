@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from lrlab.aggregate import Comparison, ScheduleResult, aggregate
+from lrlab.comparison import run_path
 from lrlab.runs import RunDirectory
 
 PLOTS = ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
@@ -230,7 +231,7 @@ def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
     configs = []
     for result in comparison.results:
         for seed in result.seeds:
-            config_path = comparison.out / result.label / f"seed-{seed}" / "config.yaml"
+            config_path = run_path(comparison.out, result.label, seed) / "config.yaml"
             text = config_path.read_text() if config_path.exists() else "(not started)"
             configs.append(f"<details><summary>{html.escape(result.label)} seed {seed}: "
                            f"{html.escape(result.states.get(seed, 'missing'))}</summary><pre>{html.escape(text)}</pre></details>")

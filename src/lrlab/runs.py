@@ -24,7 +24,9 @@ from lrlab.errors import UsageError
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
                   "elapsed_seconds")
 STEP_COLUMNS = ("step", "epoch", "lr", "loss")
-STATES = ("running", "finished", "diverged", "failed", "interrupted")
+WRITTEN_STATES = ("running", "finished", "diverged", "failed", "interrupted")
+# What readers say of a run whose status.json is absent or damaged (unknown), or that has no folder yet (missing).
+STATES = (*WRITTEN_STATES, "unknown", "missing")
 
 
 def write_atomically(path: Path, write: Any) -> None:
@@ -118,7 +120,7 @@ class RunDirectory:
         write_atomically(path, lambda out: out.write(text.encode()))
 
     def write_status(self, state: str, **details: Any) -> None:
-        assert state in STATES
+        assert state in WRITTEN_STATES
         record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
         self.write_text(self.status_path, json.dumps(record, indent=2) + "\n")
 

@@ -83,6 +83,16 @@ class ScheduleSpec:
     def is_plateau(self) -> bool:
         return self.class_name == "ReduceLROnPlateau"
 
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        return self.warmup.total_steps(steps_per_epoch) if self.warmup else 0
+
+    def main_length(self, epochs: int, steps_per_epoch: int) -> int:
+        """How long the schedule after the warmup runs: in steps if it steps per batch, else in whole epochs."""
+        warmup_steps = self.warmup_steps(steps_per_epoch)
+        if self.per_step:
+            return epochs * steps_per_epoch - warmup_steps
+        return epochs - (math.ceil(warmup_steps / steps_per_epoch) if steps_per_epoch else 0)
+
 
 class LrLambda:
     """An `lr_lambda` written as arithmetic in `epoch` (e.g. `0.95**epoch`).
@@ -247,15 +257,12 @@ class ScheduleDriver:
     def __init__(self, spec: ScheduleSpec, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
         self.spec = spec
         self.optimizer = optimizer
-        self.warmup_steps = spec.warmup.total_steps(steps_per_epoch) if spec.warmup else 0
+        self.warmup_steps = spec.warmup_steps(steps_per_epoch)
         self.step_count = 0
         self.steps_at_last_epoch_end = 0
         self.main = None
         if spec.class_name is not None:
-            total_steps = epochs * steps_per_epoch - self.warmup_steps
-            warmup_epochs = math.ceil(self.warmup_steps / steps_per_epoch) if steps_per_epoch else 0
-            main_length = total_steps if spec.per_step else epochs - warmup_epochs
-            arguments = _fill_run_length(spec, main_length)
+            arguments = _fill_run_length(spec, spec.main_length(epochs, steps_per_epoch))
             cls = scheduler_classes()[spec.class_name]
             try:
                 self.main = cls(optimizer, **arguments)
@@ -272,10 +279,6 @@ class ScheduleDriver:
                 self.warmup = lr_scheduler.ConstantLR(
                     optimizer, factor=spec.warmup.start_factor, total_iters=self.warmup_steps
                 )
-
-    @property
-    def in_warmup(self) -> bool:
-        return self.step_count < self.warmup_steps
 
     def after_step(self) -> None:
         """Call once after each optimizer step."""

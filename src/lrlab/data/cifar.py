@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lrlab.data.base import ImageData, cache_dir, candidate_dirs
-from lrlab.data.download import DownloadFailed, download
+from lrlab.data.download import DownloadFailed, download_from_any
 from lrlab.errors import UsageError
 
 SOURCES = {
@@ -109,9 +109,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
     location = locate(name, data_dir)
     if location is None:
         destination = cache_dir(name) / source["archive"]
-        url = os.environ["LRLAB_MIRROR"].rstrip("/") + f"/{name}/{source['archive']}" if os.environ.get("LRLAB_MIRROR") else source["url"]
         try:
-            location = download(url, destination, source["sha256"])
+            location = download_from_any(name, source["archive"], [source["url"]], destination, source["sha256"])
         except DownloadFailed as error:
             raise UsageError(
                 f"{name} is not on this machine and {error}; put {source['archive']} (or its extracted "

@@ -14,14 +14,6 @@ from lrlab.errors import UsageError
 CHUNK_BYTES = 1 << 20
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(url: str, destination: Path, sha256: str, timeout_seconds: float = 30) -> Path:
     """Fetch `url` to `destination`, refusing it unless its SHA-256 matches."""
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +39,19 @@ def download(url: str, destination: Path, sha256: str, timeout_seconds: float = 
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def download_from_any(name: str, filename: str, official_urls: list[str], destination: Path, sha256: str) -> Path:
+    """Fetch `filename` of data set `name` from $LRLAB_MIRROR/<name>/<filename> when that is set, else from
+    the first official URL that answers; raises the last DownloadFailed if none does."""
+    mirror = os.environ.get("LRLAB_MIRROR")
+    urls = [f"{mirror.rstrip('/')}/{name}/{filename}"] if mirror else official_urls
+    for url in urls[:-1]:
+        try:
+            return download(url, destination, sha256)
+        except DownloadFailed:
+            continue
+    return download(urls[-1], destination, sha256)
 
 
 class DownloadFailed(UsageError):

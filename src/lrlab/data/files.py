@@ -9,16 +9,12 @@ numbers whichever path its data takes.
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lrlab.errors import UsageError
-
-DEFAULT_BUDGET_FRACTION = 0.25
-UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def decode(path: str, image_size: int) -> torch.Tensor:
@@ -80,17 +76,3 @@ def streamed_batches(images: FileImages, batches: list[list[int]], workers: int,
 
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
-
-
-def memory_budget_bytes(text: str | None) -> int:
-    """`--memory-budget`: bytes with an optional K/M/G/T suffix (e.g. 8G), or a fraction of RAM (e.g. 0.25)."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if text is None:
-        return int(total * DEFAULT_BUDGET_FRACTION)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)B?\s*", str(text).upper())
-    if not match:
-        raise UsageError(f"--memory-budget {text!r} should be a size like 512M or 8G, or a fraction of RAM like 0.25")
-    number, unit = float(match.group(1)), match.group(2)
-    if not unit and number <= 1:
-        return int(total * number)
-    return int(number * UNITS[unit])

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from lrlab.config import memory_budget_bytes
 from lrlab.data.base import ImageData, pixel_statistics, stratified_holdout
-from lrlab.data.files import FileImages, decode, memory_budget_bytes
+from lrlab.data.files import FileImages, decode
 from lrlab.errors import UsageError
 
 DEFAULT_IMAGE_SIZE = 32

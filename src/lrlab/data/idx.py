@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lrlab.data.base import ImageData, cache_dir, candidate_dirs
-from lrlab.data.download import DownloadFailed, download
+from lrlab.data.download import DownloadFailed, download_from_any
 from lrlab.errors import UsageError
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -120,25 +120,19 @@ def fetch(name: str) -> list[Path]:
     """Download the four files into the cache, verified; say where to put them if that fails."""
     source = SOURCES[name]
     target = cache_dir(name)
-    mirrors = [os.environ["LRLAB_MIRROR"].rstrip("/") + f"/{name}/"] if os.environ.get("LRLAB_MIRROR") else source["mirrors"]
     paths = []
     for stem, sha256 in zip(FILES, source["sha256"]):
         destination = target / f"{stem}.gz"
         if destination.is_file():
             paths.append(destination)
             continue
-        errors = []
-        for mirror in mirrors:
-            try:
-                paths.append(download(mirror + f"{stem}.gz", destination, sha256))
-                break
-            except DownloadFailed as error:
-                errors.append(str(error))
-        else:
+        try:
+            paths.append(download_from_any(name, f"{stem}.gz", [m + f"{stem}.gz" for m in source["mirrors"]], destination, sha256))
+        except DownloadFailed as error:
             raise UsageError(
-                f"{name} is not on this machine and {errors[-1]}; put {', '.join(s + '.gz' for s in FILES)} "
+                f"{name} is not on this machine and {error}; put {', '.join(s + '.gz' for s in FILES)} "
                 f"in {target} (or pass --data-dir DIR)"
-            )
+            ) from None
     return paths
 
 

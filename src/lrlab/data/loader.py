@@ -10,9 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from lrlab.config import AUGMENTATIONS
 from lrlab.data.files import default_workers, streamed_batches
-
-AUGMENTATIONS = ("none", "flip", "crop+flip", "crop")
 
 
 def batches_per_epoch(count: int, batch_size: int, shuffle: bool = True, world: int = 1) -> int:

@@ -1,0 +1,78 @@
+"""What a comparison is, apart from running it: its arms, the ready-made presets, and its folder
+(the manifest, and one run folder per arm and seed). The grid runner writes this folder and the
+aggregation reads it; neither needs the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lrlab.errors import UsageError
+
+MANIFEST = "comparison.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a comparison: a schedule, and optionally its own optimizer."""
+
+    label: str
+    schedule: str
+    optimizer: str | None = None
+
+
+def run_path(out: Path, label: str, seed: int) -> Path:
+    """Where the run of the arm labelled `label` with `seed` lives in the comparison folder `out`."""
+    return Path(out) / label / f"seed-{seed}"
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The comparison's record of its base config, arms, seeds and baseline, as `lrlab compare` wrote it."""
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{out} holds no comparison ({MANIFEST} is missing); run lrlab compare first") from None
+    except ValueError:
+        raise UsageError(f"{Path(out) / MANIFEST} is damaged; run lrlab compare again with the same --out") from None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A ready-made set of arms, the run length they were meant for, and their validation fraction."""
+
+    description: str
+    epochs: int
+    variants: tuple[Variant, ...]
+    val_fraction: float | None = None  # None: the usual default
+
+
+PRESETS = {
+    "article": Preset(
+        "the article's experiment: a fixed LR against StepLR, CosineAnnealingLR, ReduceLROnPlateau and ExponentialLR "
+        "with its exact settings, stepped once per epoch after training, over 20 epochs",
+        20,
+        (
+            Variant("constant", "constant"),
+            Variant("step", "step:step_size=5,gamma=0.5"),
+            Variant("cosine-T50", "cosine:T_max=50"),
+            Variant("plateau", "plateau:mode=min,factor=0.5,patience=5,monitor=test_loss"),
+            Variant("exponential", "exponential:gamma=0.95"),
+        ),
+        val_fraction=0,  # the article chose on test data; its report says that is optimistic
+    ),
+    "modern": Preset(
+        "what people use today: one-cycle, linear warmup then cosine to zero, linear decay to zero, "
+        "and schedule-free AdamW (no schedule at all), over 20 epochs",
+        20,
+        (
+            Variant("constant", "constant"),
+            Variant("onecycle", "onecycle:max_lr=0.1"),
+            Variant("warmup-cosine", "warmup(linear,epochs=1)+cosine:T_max=19"),
+            Variant("linear-to-zero", "linear:start_factor=1.0,end_factor=0.0,total_iters=20"),
+            Variant("schedulefree-adamw", "constant", "adamw-schedulefree:lr=0.005,warmup_steps=200"),
+        ),
+    ),
+}

@@ -1,0 +1,90 @@
+"""Data flows one way (DESIGN.md): no lrlab module imports one downstream of it, and test hooks live in the tests.
+
+Read from the source (every import statement, those inside functions too), so the check holds
+whatever lrlab/__init__.py happens to import.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).parent.parent / "src"
+
+# DESIGN's flow, config -> data + model + optimizer + schedule -> engine -> run directory -> stats -> report,
+# as stages of modules. The spec parsers come before config because config checks every spec with them;
+# they import nothing of lrlab but the vocabulary. The comparison's folder layout (comparison.py) sits with
+# the run directory: the grid runner writes it, the aggregation reads it, and neither imports the other.
+STAGES = {
+    "vocabulary": ("lrlab.errors", "lrlab.specs", "lrlab.__version__"),
+    "spec parsers": ("lrlab.schedules", "lrlab.optimizers", "lrlab.preview"),
+    "config": ("lrlab.config",),
+    "parts": ("lrlab.data", "lrlab.data.*", "lrlab.models", "lrlab.distributed", "lrlab.lrfinder", "lrlab.stacked",
+              "lrlab.vectorized"),
+    "run directory": ("lrlab.runs", "lrlab.comparison"),
+    "engine": ("lrlab.engine", "lrlab.group"),
+    "grid runner": ("lrlab.executors", "lrlab.compare"),
+    "results": ("lrlab.stats", "lrlab.aggregate", "lrlab.report"),
+    "entry points": ("lrlab", "lrlab.__main__", "lrlab.cli"),
+}
+MAY_USE = {
+    "vocabulary": set(),
+    "spec parsers": {"vocabulary"},
+    "config": {"vocabulary", "spec parsers"},
+    "parts": {"vocabulary", "spec parsers", "config"},
+    "run directory": {"vocabulary", "config"},
+    "engine": {"vocabulary", "spec parsers", "config", "parts", "run directory"},
+    "grid runner": {"vocabulary", "spec parsers", "config", "parts", "run directory", "engine"},
+    "results": {"vocabulary", "config", "run directory"},
+    "entry points": set(STAGES),
+}
+
+
+def stage_of(module: str) -> str:
+    for stage, patterns in STAGES.items():
+        if any(module == p or (p.endswith(".*") and module.startswith(p[:-1])) for p in patterns):
+            return stage
+    raise AssertionError(f"{module} is in no stage of DESIGN's flow; add it to STAGES in {Path(__file__).name}")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SOURCE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def lrlab_imports(path: Path) -> set[str]:
+    """Every lrlab module `path` imports; `from lrlab import x` names the submodule x, or lrlab.x itself."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "lrlab"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "lrlab":
+            if node.module == "lrlab":
+                found |= {f"lrlab.{alias.name}" for alias in node.names}
+            else:
+                found.add(node.module)
+    return found
+
+
+MODULES = sorted(SOURCE.joinpath("lrlab").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[module_name(p) for p in MODULES])
+def test_no_module_imports_one_downstream_of_it(path):
+    module = module_name(path)
+    stage = stage_of(module)
+    allowed = MAY_USE[stage] | {stage}
+    for imported in lrlab_imports(path):
+        assert stage_of(imported) in allowed, f"{module} ({stage}) imports {imported} ({stage_of(imported)}), downstream of it"
+
+
+def test_the_check_sees_a_backward_import(tmp_path):
+    package = tmp_path / "lrlab"
+    package.mkdir()
+    (package / "config.py").write_text("def validate():\n    from lrlab.data.loader import AUGMENTATIONS\n")
+    assert stage_of(next(iter(lrlab_imports(package / "config.py")))) not in MAY_USE["config"]
+
+
+def test_the_product_reads_no_test_hook():
+    for path in MODULES:
+        assert "LRLAB_TEST" not in path.read_text(), f"{path} reads a test hook; put it in the tests"
