@@ -20,7 +20,7 @@ STAGES = {
     "spec parsers": ("lrlab.schedules", "lrlab.optimizers", "lrlab.preview"),
     "config": ("lrlab.config",),
     "parts": ("lrlab.data", "lrlab.data.*", "lrlab.models", "lrlab.distributed", "lrlab.lrfinder", "lrlab.stacked",
-              "lrlab.vectorized"),
+              "lrlab.vectorized", "lrlab.foreach_sgd", "lrlab.steps"),
     "run directory": ("lrlab.runs", "lrlab.comparison"),
     "engine": ("lrlab.engine", "lrlab.group"),
     "grid runner": ("lrlab.executors", "lrlab.compare"),
