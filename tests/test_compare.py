@@ -51,8 +51,9 @@ def test_grid_writes_one_run_per_schedule_and_seed_with_paired_batches(base, tmp
 def test_a_comparison_stopped_half_way_continues_where_it_stopped(base, tmp_path):
     variants = variants_from_specs(["constant", "cosine:T_max=3"])
     reference = replace(base, out=str(tmp_path / "reference"))
-    run_comparison(reference, variants, [0], reference.out, show_progress=False)
-    run_comparison(base, variants[:1], [0], base.out, show_progress=False)
+    # One run a pass: the test compares a run resumed alone with the same run in the reference, bit for bit.
+    run_comparison(reference, variants, [0], reference.out, show_progress=False, runs_per_pass=1)
+    run_comparison(base, variants[:1], [0], base.out, show_progress=False, runs_per_pass=1)
     finished = RunDirectory(Path(base.out) / "constant" / "seed-0")
     finished_bytes = finished.metrics_path.read_bytes()
 
@@ -63,7 +64,7 @@ def test_a_comparison_stopped_half_way_continues_where_it_stopped(base, tmp_path
         Trainer(run_config(base, variants[1], 0, Path(base.out)), on_epoch=stop_after_first_epoch).fit()
     half = RunDirectory(Path(base.out) / "cosine_T_max=3" / "seed-0")
     assert len(half.read_metrics()) == 1 and half.read_status()["state"] == "interrupted"
-    run_comparison(base, variants, [0], base.out, show_progress=False)
+    run_comparison(base, variants, [0], base.out, show_progress=False, runs_per_pass=1)
     assert finished.metrics_path.read_bytes() == finished_bytes  # the finished run was skipped, not redone
     expected = RunDirectory(Path(reference.out) / "cosine_T_max=3" / "seed-0").read_metrics()
     assert without_timing(half.read_metrics()) == without_timing(expected)
@@ -233,7 +234,8 @@ def test_compare_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments,
 def test_grid_progress_shows_run_epoch_and_time_left(base, capfd):
     run_comparison(base, variants_from_specs(["constant"]), [0], base.out, show_progress=True)
     error = capfd.readouterr().err
-    assert "run 1/1: constant seed 0, epoch 3" in error and "<" in error  # tqdm's elapsed<remaining
+    assert "pass 1/1: constant seed 0, epoch 3" in error and "<" in error  # tqdm's elapsed<remaining
+    assert "lrlab: 1 run in 1 pass over the data" in error
 
 
 @pytest.mark.parametrize("spec", ["step:step_size=1,gamma=0.5", "onecycle:max_lr=0.1", "warmup(linear,epochs=1)+cosine:T_max=2",

@@ -86,12 +86,12 @@ def test_a_pool_worker_killed_mid_run_is_retried_from_its_checkpoint(tiny_config
     for name, value in slow_epochs(0.3).items():  # for the pool's worker processes
         monkeypatch.setenv(name, value)
     base = tiny_config(epochs=4)
-    run_comparison(base, VARIANTS[:1], [0], tmp_path / "whole", show_progress=False, executor=InProcess(threads=1))
+    run_comparison(base, VARIANTS[:1], [0], tmp_path / "whole", show_progress=False, executor=InProcess(threads=1), runs_per_pass=1)
     victim = RunDirectory(tmp_path / "pool" / "step" / "seed-0")
     killed = []
     killer = kill_a_worker_mid_run(victim, killed)
     outcomes = run_comparison(base, VARIANTS, [0], tmp_path / "pool", show_progress=False,
-                              executor=build_executor("local", workers=2, cpus_per_run=1, max_retries=1))
+                              executor=build_executor("local", workers=2, cpus_per_run=1, max_retries=1), runs_per_pass=1)
     killer.join()
     assert killed, "the killer never found the run training"
     assert [(o.label, o.state, o.retries) for o in outcomes] == [("constant", "finished", 0), ("step", "finished", 1)]
@@ -104,12 +104,12 @@ def test_a_pool_worker_killed_mid_run_is_retried_from_its_checkpoint(tiny_config
 
 def test_a_ray_worker_killed_mid_run_is_retried_and_ends_as_if_never_killed(tiny_config, tmp_path, local_ray):
     base = tiny_config(epochs=4)
-    run_comparison(base, VARIANTS[1:], [0], tmp_path / "whole", show_progress=False, executor=InProcess(threads=1))
+    run_comparison(base, VARIANTS[1:], [0], tmp_path / "whole", show_progress=False, executor=InProcess(threads=1), runs_per_pass=1)
     victim = RunDirectory(tmp_path / "ray" / "step" / "seed-0")
     killed = []
     killer = kill_a_worker_mid_run(victim, killed)
     outcomes = run_comparison(base, VARIANTS, [0], tmp_path / "ray", show_progress=False,
-                              executor=build_executor("ray", cpus_per_run=1, max_retries=2))
+                              executor=build_executor("ray", cpus_per_run=1, max_retries=2), runs_per_pass=1)
     killer.join()
     assert killed
     assert {(o.label, o.state, o.retries) for o in outcomes} == {("constant", "finished", 0), ("step", "finished", 1)}
@@ -124,7 +124,7 @@ def test_a_worker_that_keeps_dying_fails_its_run_and_the_others_finish(tiny_conf
     killed = []
     killer = kill_a_worker_mid_run(victim, killed)
     outcomes = run_comparison(tiny_config(epochs=3), VARIANTS, [0], tmp_path / "pool", show_progress=False,
-                              executor=build_executor("local", workers=2, cpus_per_run=1, max_retries=0))
+                              executor=build_executor("local", workers=2, cpus_per_run=1, max_retries=0), runs_per_pass=1)
     killer.join()
     assert [(o.label, o.state) for o in outcomes] == [("constant", "finished"), ("step", "failed")]
     assert "SIGKILL" in victim.read_status()["reason"] and "--max-retries 0" in victim.read_status()["reason"]
@@ -174,3 +174,23 @@ def test_executor_options_that_do_not_fit_together_are_refused(tmp_path, capsys,
                  "--out", str(tmp_path / "cmp"), *arguments])
     assert code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_pool_worker_killed_mid_pass_retries_the_runs_of_its_group(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("LRLAB_TEST_EPOCH_DELAY", "0.3")
+    base = tiny_config(epochs=3, precision="fp32")
+    run_comparison(base, VARIANTS, [0], tmp_path / "whole", show_progress=False, executor=InProcess(threads=1), runs_per_pass=2)
+    victim = RunDirectory(tmp_path / "pool" / "step" / "seed-0")
+    killed = []
+    killer = kill_a_worker_mid_run(victim, killed)
+    outcomes = run_comparison(base, VARIANTS, [0], tmp_path / "pool", show_progress=False, runs_per_pass=2,
+                              executor=build_executor("local", workers=2, cpus_per_run=1, max_retries=1))
+    killer.join()
+    assert killed, "the killer never found the group training"
+    # Both runs trained in the killed process, so both were retried, as one pass again.
+    assert [(o.label, o.state, o.retries) for o in outcomes] == [("constant", "finished", 1), ("step", "finished", 1)]
+    for variant in VARIANTS:
+        got = RunDirectory(tmp_path / "pool" / variant.label / "seed-0").read_metrics()
+        expected = RunDirectory(tmp_path / "whole" / variant.label / "seed-0").read_metrics()
+        assert [row["lr"] for row in got] == [row["lr"] for row in expected]
+        assert [row["train_loss"] for row in got] == pytest.approx([row["train_loss"] for row in expected], abs=1e-4)

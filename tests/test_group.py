@@ -179,3 +179,32 @@ def test_a_user_defined_module_trains_stacked_like_separate_copies():
         torch.testing.assert_close(stacked.buffers["norm.running_mean"][arm], model.norm.running_mean)
         assert int(stacked.buffers["norm.num_batches_tracked"][arm]) == 1
     assert not torch.equal(stacked.buffers["norm.running_mean"][0], stacked.buffers["norm.running_mean"][1])
+
+
+def test_a_comparison_plans_passes_of_one_seed_and_says_how(small, capsys):
+    from lrlab.compare import plan_passes
+    from lrlab.executors import GridTask
+
+    base = small("plan")
+    schedules = ["constant", "step:step_size=1", "cosine:T_max=3", "onecycle:max_lr=0.1", "exponential:gamma=0.9"]
+    tasks = [GridTask(spec, seed, replace(base, schedule=spec, seed=seed, out=f"{base.out}/{spec}/{seed}"))
+             for spec in schedules for seed in (0, 1)]
+    tasks.append(GridTask("rmsprop", 0, replace(base, optimizer="rmsprop:lr=0.01", out=f"{base.out}/rmsprop")))
+    passes, lines = plan_passes(tasks, 3, base, data=None)
+    assert sorted(len(members) for members in passes) == [1, 2, 2, 3, 3]
+    assert all(len({task.seed for task in members}) == 1 for members in passes)
+    assert [members for members in passes if any(task.label == "rmsprop" for task in members)] == [[tasks[-1]]]
+    assert "11 runs in 5 passes" in lines[0] and "10 of them share a pass" in lines[0]
+    assert len(lines) == 2 and "rmsprop" in lines[1] and "one run at a time" in lines[1]
+    passes, lines = plan_passes(tasks, 1, base, data=None)
+    assert len(passes) == len(tasks) and len(lines) == 1
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
+def test_runs_per_pass_must_be_auto_or_a_positive_whole_number(text):
+    from lrlab.compare import parse_runs_per_pass
+    from lrlab.errors import UsageError
+
+    with pytest.raises(UsageError, match="--runs-per-pass"):
+        parse_runs_per_pass(text)
+    assert parse_runs_per_pass("auto") == "auto" and parse_runs_per_pass("4") == 4

@@ -138,6 +138,9 @@ def build_parser() -> Parser:
     where.add_argument("--cpus-per-run", type=float, help="torch threads for each run (local default: cores / workers; "
                        "ray: the CPUs each task asks for, default 1)")
     where.add_argument("--gpus-per-run", type=float, default=0, help="ray: GPUs each task asks for (default: 0)")
+    where.add_argument("--runs-per-pass", default="auto", metavar="auto|N",
+                       help="runs of one seed trained together in one pass over the data (default: auto, what fits the GPU "
+                            "or pays on the CPU; 1: one run at a time)")
     where.add_argument("--max-retries", type=int, default=2, help="times a run is restarted from its last checkpoint when its worker dies (default: 2)")
     where.add_argument("--ray-address", help="ray: the cluster to join (e.g. auto, or ray://head:10001); default: start Ray here")
     where.add_argument("--storage", help="ray: a folder every node mounts; a relative --out is placed under it")
@@ -251,7 +254,7 @@ def _compare(arguments: argparse.Namespace) -> int:
     executor = build_executor(arguments.backend, arguments.workers, arguments.cpus_per_run, arguments.gpus_per_run,
                               arguments.max_retries, arguments.ray_address, storage_given=bool(arguments.storage))
     outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc,
-                              show_progress=not quiet, executor=executor)
+                              show_progress=not quiet, executor=executor, runs_per_pass=arguments.runs_per_pass)
     comparison = build_report(base.out)
     print(verdict(comparison))
     for outcome in outcomes:

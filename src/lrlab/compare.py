@@ -8,6 +8,7 @@ comparison stopped half-way continues where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from dataclasses import asdict, replace
@@ -69,15 +70,18 @@ def run_comparison(
     target_acc: float | None = None,
     show_progress: bool = True,
     executor: Any = None,
+    runs_per_pass: int | str = "auto",
 ) -> list[GridOutcome]:
     """Train every variant with every seed into `out`, skipping finished runs and resuming the rest.
 
-    `executor` (from `executors.build_executor`) says where the runs train; by default one after
-    another in this process.
+    `executor` (from `executors.build_executor`) says where the passes train; by default one after
+    another in this process. `runs_per_pass` is how many runs of one seed train together in one
+    pass over the data (`auto`: what fits the device, or what pays on the CPU; 1: one at a time).
     """
     from lrlab.engine import load_run_data, split_for_run
 
     out = Path(out)
+    parse_runs_per_pass(runs_per_pass)
     if not variants or not seeds:
         raise UsageError("a comparison needs at least one schedule and one seed")
     if len(set(seeds)) != len(seeds):
@@ -105,10 +109,13 @@ def run_comparison(
                 outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"], status.get("reason", ""))
             else:
                 waiting.append(task)
+        passes, plan = plan_passes(waiting, runs_per_pass, base, data)
         progress = GridProgress(tasks, base.epochs, show_progress)
+        for line in plan:
+            progress.say(line)
         paths = {(task.label, task.seed): task.config.out for task in tasks}
         try:
-            for outcome in executor.run(waiting, progress, data):
+            for outcome in executor.run(passes, progress, data):
                 outcomes[outcome.label, outcome.seed] = outcome
                 if outcome.retries:
                     RunDirectory(paths[outcome.label, outcome.seed]).add_to_status(retries=outcome.retries)
@@ -117,6 +124,65 @@ def run_comparison(
         finally:
             progress.close()
     return [outcomes[task.label, task.seed] for task in tasks]
+
+
+def parse_runs_per_pass(text: str | int) -> int | str:
+    """`auto` or a whole number of at least 1, as --runs-per-pass takes it."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or str(text).strip() != str(value):
+        raise UsageError(f"--runs-per-pass {text!r} should be auto or a whole number of at least 1 (1 trains one run at a time)")
+    return value
+
+
+def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig, data) -> tuple[list[list[GridTask]], list[str]]:
+    """The passes that train `tasks` (runs of one seed that can share their batches go together,
+    at most `runs_per_pass` a pass), and the lines that tell the user how they were grouped."""
+    from lrlab.group import alone_reason, auto_runs_per_pass, group_key
+
+    runs_per_pass = parse_runs_per_pass(runs_per_pass)
+    size = auto_runs_per_pass(base, data) if runs_per_pass == "auto" else runs_per_pass
+    together: dict[Any, list[GridTask]] = {}
+    alone: list[GridTask] = []
+    for task in tasks:
+        key = group_key(task.config) if size > 1 else None
+        (alone if key is None else together.setdefault(key, [])).append(task)
+    passes = [[task] for task in alone]
+    for members in together.values():
+        count = math.ceil(len(members) / size)
+        passes += [members[index::count] for index in range(count)]  # even passes: 5 runs at 4 a pass go 3 + 2
+    order = {id(task): index for index, task in enumerate(tasks)}
+    passes.sort(key=lambda members: order[id(members[0])])
+    if not tasks:
+        return passes, []
+    grouped = sum(len(members) for members in passes if len(members) > 1)
+    why = "asked for" if runs_per_pass != "auto" else "auto: " + ("what fits the GPU's free memory" if base.device != "cpu"
+                                                                   and _on_cuda(base) else "what pays on the CPU")
+    lines = [f"lrlab: {_count(len(tasks), 'run')} in {_count(len(passes), 'pass', 'passes')} over the data; {grouped} of them "
+             f"share a pass with other runs of their seed (up to {size} a pass, {why})"]
+    if size > 1:
+        reasons: dict[str, list[str]] = {}
+        for task in alone:
+            labels = reasons.setdefault(alone_reason(task.config), [])
+            if task.label not in labels:
+                labels.append(task.label)
+        for reason, labels in reasons.items():
+            lines.append(f"lrlab: note: {', '.join(labels)} train{'s' if len(labels) == 1 else ''} one run at a time: {reason}")
+    return passes, lines
+
+
+def _count(number: int, one: str, many: str | None = None) -> str:
+    return f"{number} {one if number == 1 else many or one + 's'}"
+
+
+def _on_cuda(base: RunConfig) -> bool:
+    from lrlab.engine import resolve_device
+
+    return resolve_device(base.device).type == "cuda"
 
 
 def _steps_per_epoch(base: RunConfig, run_data) -> int:

@@ -1,8 +1,9 @@
 """Where the runs of a comparison train: in this process, in a pool of local processes, or as Ray tasks.
 
-Every executor trains ordinary run directories through `train_or_resume`, so `lrlab report` cannot
-tell them apart, and a worker that dies (killed, out of memory, node lost) is started again: the
-new attempt resumes from the run's last checkpoint.
+Executors schedule passes: a pass is one run, or a group of runs that share their batches and
+train together (`group.train_group`). Every pass trains ordinary run directories, so `lrlab report`
+cannot tell them apart, and a worker that dies (killed, out of memory, node lost) is started again:
+the new attempt resumes each run of its pass from that run's last checkpoint.
 """
 
 from __future__ import annotations
@@ -47,6 +48,25 @@ class GridOutcome:
     state: str
     reason: str = ""
     retries: int = 0
+
+
+def train_pass(configs: list[RunConfig], threads: int | None = None, take_over_lock: bool = False,
+               data: Any = None, on_epoch: list[Callable | None] | None = None) -> list[tuple[str, str]]:
+    """Train one pass (one run alone, or a group in one pass); each run's final state and reason."""
+    if len(configs) == 1:
+        return [train_or_resume(configs[0], threads, take_over_lock, data, (on_epoch or [None])[0])]
+    from lrlab.group import train_group
+
+    if threads:
+        torch.set_num_threads(threads)
+    runs = [RunDirectory(config.out) for config in configs]
+    try:
+        train_group(configs, data, on_epoch, take_over_lock)
+    except UsageError as error:
+        for run in runs:
+            if run.path.exists() and run.read_status().get("state") not in ("finished", "diverged"):
+                run.write_status("failed", reason=str(error))
+    return [(status.get("state", "unknown"), status.get("reason", "")) for status in (run.read_status() for run in runs)]
 
 
 def train_or_resume(config: RunConfig, threads: int | None = None, take_over_lock: bool = False,
@@ -116,31 +136,32 @@ class InProcess:
         finally:
             torch.set_num_threads(saved)
 
-    def run(self, tasks: list[GridTask], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
+    def run(self, passes: list[list[GridTask]], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
         outcomes = []
-        for index, task in enumerate(tasks, start=1):
-            where = f"run {index}/{len(tasks)}: {task.label} seed {task.seed}"
+        for index, tasks in enumerate(passes, start=1):
+            where = f"pass {index}/{len(passes)}: " + (f"{tasks[0].label} seed {tasks[0].seed}" if len(tasks) == 1 else
+                                                       f"{len(tasks)} runs of seed {tasks[0].seed}")
 
             def on_epoch(epoch: int, metrics: dict[str, float], where: str = where) -> None:
                 progress.refresh(f"{where}, epoch {epoch}, test acc {metrics['test_acc']:.2%}")
 
             progress.refresh(where)
-            state, reason = train_or_resume(task.config, self.threads, data=data, on_epoch=on_epoch)
-            outcomes.append(GridOutcome(task.label, task.seed, state, reason))
+            ends = train_pass([task.config for task in tasks], self.threads, data=data, on_epoch=[on_epoch] * len(tasks))
+            outcomes += [GridOutcome(task.label, task.seed, state, reason) for task, (state, reason) in zip(tasks, ends)]
         return outcomes
 
 
-def _train_in_worker(config: RunConfig, threads: int, take_over_lock: bool) -> None:
-    """A pool worker's whole life: SIGTERM is treated like Ctrl-C, so the run is marked interrupted."""
+def _train_in_worker(configs: list[RunConfig], threads: int, take_over_lock: bool) -> None:
+    """A pool worker's whole life: SIGTERM is treated like Ctrl-C, so its runs are marked interrupted."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        train_or_resume(config, threads, take_over_lock)
+        train_pass(configs, threads, take_over_lock)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
 class LocalProcesses:
-    """Up to `workers` runs at once, each in its own process with `threads` torch threads."""
+    """Up to `workers` passes at once, each in its own process with `threads` torch threads."""
 
     def __init__(self, workers: int, threads: int, max_retries: int):
         self.workers, self.threads, self.max_retries = workers, threads, max_retries
@@ -149,36 +170,38 @@ class LocalProcesses:
     def session(self, out: Path) -> Iterator[None]:
         yield
 
-    def run(self, tasks: list[GridTask], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
+    def run(self, passes: list[list[GridTask]], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
         # spawn, not fork: a forked child would inherit torch's thread pools and any locks they hold.
         context = multiprocessing.get_context("spawn")
-        pending: deque[tuple[GridTask, int]] = deque((task, 0) for task in tasks)
-        running: dict[Any, tuple[Any, GridTask, int]] = {}
+        pending: deque[tuple[list[GridTask], int]] = deque((tasks, 0) for tasks in passes)
+        running: dict[Any, tuple[Any, list[GridTask], int]] = {}
         outcomes: dict[tuple[str, int], GridOutcome] = {}
         try:
             while pending or running:
                 while pending and len(running) < self.workers:
-                    task, attempt = pending.popleft()
-                    process = context.Process(target=_train_in_worker, args=(task.config, self.threads, attempt > 0),
-                                              name=f"lrlab {task.label} seed {task.seed}")
+                    tasks, attempt = pending.popleft()
+                    process = context.Process(target=_train_in_worker, args=([t.config for t in tasks], self.threads, attempt > 0),
+                                              name=f"lrlab {tasks[0].label} seed {tasks[0].seed}" + (f" +{len(tasks) - 1}" if len(tasks) > 1 else ""))
                     process.start()
-                    running[process.sentinel] = (process, task, attempt)
+                    running[process.sentinel] = (process, tasks, attempt)
                 for sentinel in multiprocessing.connection.wait(list(running), timeout=POLL_SECONDS):
-                    process, task, attempt = running.pop(sentinel)
+                    process, tasks, attempt = running.pop(sentinel)
                     process.join()
-                    status = RunDirectory(task.config.out).read_status()
-                    # A signal, or an exit that left the run marked running, means the worker died
-                    # under the run rather than the run ending; only that is worth another attempt.
-                    if process.exitcode < 0 or status.get("state") in ("running", "unknown", "interrupted"):
+                    statuses = [RunDirectory(task.config.out).read_status() for task in tasks]
+                    # A signal, or an exit that left a run marked running, means the worker died
+                    # under the runs rather than the runs ending; only those runs get another attempt.
+                    unended = [task for task, status in zip(tasks, statuses) if status.get("state") in ("running", "unknown", "interrupted")]
+                    for task, status in zip(tasks, statuses):
+                        if task not in unended:
+                            outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"],
+                                                                          status.get("reason", ""), attempt)
+                    if unended:
                         why = f"worker exited with {_exit_description(process.exitcode)}"
-                        given_up = _retry_or_give_up(task, attempt, why, self.max_retries, progress)
+                        given_up = _retry_or_give_up(unended, attempt, why, self.max_retries, progress)
                         if given_up is None:
-                            pending.append((task, attempt + 1))
+                            pending.append((unended, attempt + 1))
                         else:
-                            outcomes[task.label, task.seed] = given_up
-                    else:
-                        outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"],
-                                                                      status.get("reason", ""), attempt)
+                            outcomes.update({(o.label, o.seed): o for o in given_up})
                 progress.refresh(f"{len(running)} running, {len(pending)} waiting")
         finally:
             # After Ctrl-C the workers, in our process group, got it too and are saving their runs
@@ -188,7 +211,7 @@ class LocalProcesses:
                 if process.is_alive():
                     process.terminate()
                     process.join()
-        return [outcomes[task.label, task.seed] for task in tasks]
+        return [outcomes[task.label, task.seed] for tasks in passes for task in tasks]
 
 
 def _exit_description(exitcode: int) -> str:
@@ -197,15 +220,18 @@ def _exit_description(exitcode: int) -> str:
     return f"status {exitcode}"
 
 
-def _retry_or_give_up(task: GridTask, attempt: int, why: str, max_retries: int, progress: GridProgress) -> GridOutcome | None:
-    """After a worker died under `task`: None when it should be started again, else its failed outcome."""
+def _retry_or_give_up(tasks: list[GridTask], attempt: int, why: str, max_retries: int,
+                      progress: GridProgress) -> list[GridOutcome] | None:
+    """After a worker died under `tasks`: None when they should be started again, else their failed outcomes."""
     if attempt < max_retries:
-        progress.say(f"lrlab: {task.label} seed {task.seed}: {why}; retrying from its last checkpoint "
-                     f"(attempt {attempt + 2} of {max_retries + 1})")
+        for task in tasks:
+            progress.say(f"lrlab: {task.label} seed {task.seed}: {why}; retrying from its last checkpoint "
+                         f"(attempt {attempt + 2} of {max_retries + 1})")
         return None
     reason = f"{why}, and no retries were left (--max-retries {max_retries})"
-    RunDirectory(task.config.out).write_status("failed", reason=reason)
-    return GridOutcome(task.label, task.seed, "failed", reason, attempt)
+    for task in tasks:
+        RunDirectory(task.config.out).write_status("failed", reason=reason)
+    return [GridOutcome(task.label, task.seed, "failed", reason, attempt) for task in tasks]
 
 
 def import_ray() -> Any:
@@ -268,42 +294,46 @@ class RayTasks:
             raise UsageError(f"{out} is not visible from node(s) {', '.join(blind)}; put the runs on storage every node "
                              f"mounts (NFS, a shared volume) and pass it as --storage")
 
-    def run(self, tasks: list[GridTask], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
+    def run(self, passes: list[list[GridTask]], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
         ray = self.ray
-        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(train_or_resume)
+        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(train_pass)
         threads = max(1, int(self.cpus))
 
-        def submit(task: GridTask, attempt: int) -> Any:
-            absolute = replace(task.config, out=str(Path(task.config.out).resolve()))
+        def submit(tasks: list[GridTask], attempt: int) -> Any:
+            absolute = [replace(task.config, out=str(Path(task.config.out).resolve())) for task in tasks]
             return remote.remote(absolute, threads, attempt > 0)
 
-        in_flight = {submit(task, 0): (task, 0) for task in tasks}
+        in_flight = {submit(tasks, 0): (tasks, 0) for tasks in passes}
         outcomes: dict[tuple[str, int], GridOutcome] = {}
         try:
             while in_flight:
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
                 for ref in done:
-                    task, attempt = in_flight.pop(ref)
+                    tasks, attempt = in_flight.pop(ref)
                     try:
-                        state, reason = ray.get(ref)
+                        ends = ray.get(ref)
                     except ray.exceptions.RayTaskError as error:  # our code raised: a bug, not a lost worker
                         reason = str(error).strip().splitlines()[-1][:300]
-                        outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, "failed", reason, attempt)
-                        continue
-                    except ray.exceptions.RayError as error:  # the worker or its node died under the run
+                        ends = [("failed", reason)] * len(tasks)
+                    except ray.exceptions.RayError as error:  # the worker or its node died under the runs
                         why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
-                        given_up = _retry_or_give_up(task, attempt, why, self.max_retries, progress)
+                        statuses = [RunDirectory(task.config.out).read_status() for task in tasks]
+                        unended = [task for task, status in zip(tasks, statuses) if status.get("state") not in ("finished", "diverged")]
+                        ends = [(status.get("state"), status.get("reason", "")) for task, status in zip(tasks, statuses)
+                                if task not in unended]
+                        given_up = _retry_or_give_up(unended, attempt, why, self.max_retries, progress) if unended else []
                         if given_up is None:
-                            in_flight[submit(task, attempt + 1)] = (task, attempt + 1)
+                            in_flight[submit(unended, attempt + 1)] = (unended, attempt + 1)
                         else:
-                            outcomes[task.label, task.seed] = given_up
-                        continue
-                    outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, state, reason, attempt)
+                            outcomes.update({(o.label, o.seed): o for o in given_up})
+                        tasks = [task for task in tasks if task not in unended]
+                    for task, (state, reason) in zip(tasks, ends):
+                        outcomes.setdefault((task.label, task.seed), GridOutcome(task.label, task.seed, state, reason, attempt))
                 progress.refresh(f"{len(in_flight)} Ray task(s) left")
         finally:
             for ref in in_flight:
                 ray.cancel(ref, force=True)
-        return [outcomes[task.label, task.seed] for task in tasks]
+        return [outcomes[task.label, task.seed] for tasks in passes for task in tasks]
 
 
 def _reads_token(path: str, token: str) -> bool:

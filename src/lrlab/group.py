@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from lrlab.config import RunConfig
-from lrlab.engine import Diverged, RunResult, Trainer, deterministic_algorithms
+from lrlab.engine import Diverged, RunResult, Trainer, deterministic_algorithms, resolve_device
 from lrlab.errors import UsageError
 from lrlab.optimizers import parse_optimizer
 from lrlab.runs import RunDirectory
@@ -32,12 +32,23 @@ from lrlab.vectorized import group_key as optimizer_group_key
 PER_RUN_FIELDS = ("schedule", "optimizer", "out", "quiet")
 
 
-def group_key(config: RunConfig) -> tuple | None:
-    """Runs with equal keys can share a pass; None for a run that must train alone (its optimizer
-    is not vectorized, its LR is found by a range test, or it writes TensorBoard events)."""
+def alone_reason(config: RunConfig) -> str | None:
+    """Why the run `config` describes must train alone, or None when it can share a pass."""
     spec = parse_optimizer(config.optimizer)
-    if not vectorizable(spec) or spec.arguments.get("lr") == "auto" or config.tensorboard:
+    if not vectorizable(spec):
+        return f"its optimizer ({spec.text}) is not stepped in groups; SGD and AdamW are (without dampening, amsgrad, maximize)"
+    if spec.arguments.get("lr") == "auto":
+        return "its LR is picked by a range test of its own (lr=auto)"
+    if config.tensorboard:
+        return "it writes TensorBoard events, which a group does not"
+    return None
+
+
+def group_key(config: RunConfig) -> tuple | None:
+    """Runs with equal keys can share a pass; None for a run that must train alone (`alone_reason`)."""
+    if alone_reason(config) is not None:
         return None
+    spec = parse_optimizer(config.optimizer)
     shared = replace(config, **{name: "" for name in PER_RUN_FIELDS if name != "quiet"}, quiet=True)
     return (tuple(sorted(shared.to_dict().items(), key=lambda item: item[0])), optimizer_group_key(spec))
 
@@ -54,6 +65,43 @@ def train_group(configs: list[RunConfig], data=None, on_epoch: list[Callable | N
     for trainer in trainers:
         trainer.drive(ArmOptimizer(trainer.optimizer_spec, trainer.model.parameters()))
     return GroupTrainer(trainers).fit(take_over_lock)
+
+
+# Measured with benchmarks/batched.py (benchmarks/README.md): on the CPU a group of 5 pays, and
+# larger groups add little per run while a pass's memory grows with every arm.
+CPU_RUNS_PER_PASS = 5
+# A GPU's launch overhead is shared by more arms the larger the group; past this the kernels are
+# large enough that adding arms buys little.
+MAX_CUDA_RUNS_PER_PASS = 32
+CUDA_MEMORY_SHARE = 0.7  # of the free memory, the rest left for the allocator's fragmentation
+
+
+def auto_runs_per_pass(config: RunConfig, data) -> int:
+    """How many runs one pass should train: what pays on the CPU, what fits the free memory on a GPU."""
+    device = resolve_device(config.device)
+    if device.type != "cuda":
+        return CPU_RUNS_PER_PASS
+    return max(1, min(MAX_CUDA_RUNS_PER_PASS, int(CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0] // _cuda_bytes_per_run(config, data, device))))
+
+
+def _cuda_bytes_per_run(config: RunConfig, data, device: torch.device) -> int:
+    """The peak memory one arm of a stacked model takes for a training step, measured on one batch."""
+    from torch import nn
+
+    from lrlab.models import build_model
+
+    model = build_model(config.model, data.channels, data.image_size, data.num_classes, config.width).to(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    stacked = StackedModel([model], nn.CrossEntropyLoss())
+    images = torch.zeros(config.batch_size, data.channels, *data.image_size, device=device)
+    labels = torch.zeros(config.batch_size, dtype=torch.long, device=device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.precision != "fp32"):
+        losses, _ = stacked.losses_and_logits(images, labels)
+    losses.sum().backward()
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Optimizer state (two buffers for AdamW) and the model kept for checkpoints come on top.
+    return torch.cuda.max_memory_allocated(device) - before + 3 * parameter_bytes
 
 
 @dataclass
