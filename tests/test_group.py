@@ -62,8 +62,14 @@ def test_lr_columns_are_those_of_runs_trained_alone_for_every_schedule_family(sm
         train(alone)
         assert lrs(config.out) == lrs(alone.out), name  # bit for bit: the same torch scheduler, stepped alike
         assert_same_numbers(config.out, alone.out, epochs=1)
-        for file in ("config.yaml", "metrics.csv", "steps.csv", "status.json", "best.pt", "last.pt"):
+        for file in ("config.yaml", "metrics.csv", "steps.csv", "status.json", "best.pt", "last.pt", "correct.npz"):
             assert (RunDirectory(config.out).path / file).exists(), file
+        group_rows, alone_rows = RunDirectory(config.out).read_metrics(), RunDirectory(alone.out).read_metrics()
+        assert group_rows[0].keys() == alone_rows[0].keys() and "val_acc" in group_rows[0]
+        assert group_rows[0]["val_loss"] == pytest.approx(alone_rows[0]["val_loss"], abs=LOSS_TOLERANCE)
+        group_correct, alone_correct = RunDirectory(config.out).read_correctness(), RunDirectory(alone.out).read_correctness()
+        assert group_correct.keys() == alone_correct.keys()
+        assert group_correct["final_test"].shape == alone_correct["final_test"].shape
         group_last = RunDirectory(config.out).load_checkpoint(RunDirectory(config.out).last_path)
         alone_last = RunDirectory(alone.out).load_checkpoint(RunDirectory(alone.out).last_path)
         # One-cycle's momentum, the LR and everything else torch keeps per param group, as alone.
