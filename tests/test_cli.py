@@ -1,4 +1,5 @@
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,14 @@ def test_every_command_has_an_example_in_its_help():
     for command in ("train", "datasets", "schedules"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "example" in result.stdout
+
+
+def test_help_answers_without_importing_torch():
+    # torch (and torchvision, matplotlib) take seconds to import; commands that do not train should not wait for them.
+    code = ("import sys\nfrom lrlab.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(name for name in ('torch', 'torchvision', 'matplotlib') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "example" in result.stdout and result.stdout.splitlines()[-1] == "[]"
 
 
 def test_every_shipped_config_file_is_valid():
