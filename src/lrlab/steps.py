@@ -44,7 +44,8 @@ def on_side_stream(run: Callable[[], Any]) -> Any:
 def capture(body: Callable[[], None]) -> Callable[[], None]:
     """Record the kernels `body` launches as a CUDA graph (nothing runs now); returns its replay."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: CUDA calls of other threads (a DataLoader's pinning thread) may go on meanwhile.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         body()
     return graph.replay
 
