@@ -1,3 +1,4 @@
+import itertools
 import warnings
 from pathlib import Path
 
@@ -5,7 +6,8 @@ import pytest
 import torch
 
 from lrlab import Trainer, load_config, train
-from lrlab.engine import evaluate, train_one_epoch
+from lrlab import engine
+from lrlab.engine import BATCHNORM_RECOMPUTE_BATCHES, evaluate, evaluate_run, train_one_epoch
 from lrlab.errors import UsageError
 from lrlab.optimizers import set_training_mode
 from lrlab.runs import METRIC_COLUMNS, STEP_COLUMNS, RunDirectory
@@ -136,16 +138,64 @@ def test_schedule_free_optimizer_is_evaluated_with_its_averaged_weights(tiny_con
     config = tiny_config(optimizer="adamw-schedulefree:lr=0.01", epochs=3, device=device)
     trainer = Trainer(config)
     result = trainer.fit()
+    run = RunDirectory(config.out)
     assert result.state == "finished" and result.final_test_acc > 0.5
-    assert trainer.optimizer.param_groups[0]["train_mode"] is False
-    recorded = RunDirectory(config.out).read_metrics()[-1]
-    # Evaluated again as the run evaluates (bf16 autocast): the same numbers, so the run recorded
-    # the averaged weights it keeps. (An fp32 evaluation differs: on CUDA by one test image.)
-    loss, accuracy, _ = evaluate(trainer.test_loader, trainer.model, trainer.loss_fn, trainer.autocast)
-    assert (loss, accuracy) == (recorded["test_loss"], recorded["test_acc"])
-    set_training_mode(trainer.optimizer, True)  # the raw iterate differs from what was evaluated
-    assert any(not torch.equal(a.cpu(), b) for a, b in zip(trainer.model.state_dict().values(),
-                                                            torch.load(RunDirectory(config.out).last_path, weights_only=True)["model"].values()))
+    best = torch.load(run.best_path, weights_only=True)
+    last = torch.load(run.last_path, weights_only=True)
+    # best.pt keeps what was evaluated (the average x); last.pt the training point y, to resume from.
+    assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(trainer.model.state_dict().values(), last["model"].values()))
+    assert trainer.optimizer.param_groups[0]["train_mode"] is True
+    trainer.model.load_state_dict(best["model"])
+    for split, loader in trainer.evaluation_loaders.items():  # evaluated as the run evaluates (bf16 autocast)
+        assert evaluate(loader, trainer.model, trainer.loss_fn, trainer.autocast)[1] == best[f"{split}_acc"]
+    assert best["test_acc"] == result.best_test_acc
+    assert any(not torch.equal(a.cpu(), b.cpu()) for a, b in zip(best["model"].values(), last["model"].values()))
+
+
+def test_schedule_free_evaluation_recomputes_batchnorm_statistics_at_the_averaged_weights(tiny_config):
+    trainer = Trainer(tiny_config(optimizer="adamw-schedulefree:lr=0.01", precision="fp32", epochs=1))
+    trainer.fit()
+    metrics, _, evaluated = evaluate_run(trainer.model, trainer.optimizer, trainer.train_loader, trainer.evaluation_loaders,
+                                         trainer.loss_fn)
+    set_training_mode(trainer.optimizer, False)  # the averaged weights with the statistics gathered at y
+    uncorrected_loss, _, _ = evaluate(trainer.test_loader, trainer.model, trainer.loss_fn)
+    assert metrics["test_loss"] != uncorrected_loss
+    conv, batchnorm = trainer.model[0][0], "0.1"
+    batches = list(itertools.islice(trainer.train_loader, BATCHNORM_RECOMPUTE_BATCHES))
+    with torch.no_grad():
+        inputs = [conv(images) for images, _ in batches]
+    assert torch.allclose(evaluated[f"{batchnorm}.running_mean"], torch.stack([x.mean((0, 2, 3)) for x in inputs]).mean(0), atol=1e-5)
+    assert torch.allclose(evaluated[f"{batchnorm}.running_var"], torch.stack([x.var((0, 2, 3)) for x in inputs]).mean(0), atol=1e-4)
+
+
+def same_state(a, b) -> bool:
+    """Nested state dicts equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("optimizer", ["adamw-schedulefree:lr=0.01", "sgd-schedulefree:lr=0.1", "sgd:lr=0.05,momentum=0.9"])
+def test_training_is_bit_identical_with_and_without_evaluation(tiny_config, tmp_path, monkeypatch, optimizer):
+    evaluated = Trainer(tiny_config(optimizer=optimizer, out=str(tmp_path / "evaluated")))
+    evaluated.fit()
+    def no_evaluation(model, optimizer, train_loader, loaders, *args, **kwargs):
+        return {f"{split}_{figure}": 0.0 for split in loaders for figure in ("loss", "acc")}, {}, model.state_dict()
+
+    monkeypatch.setattr(engine, "evaluate_run", no_evaluation)
+    unevaluated = Trainer(tiny_config(optimizer=optimizer, out=str(tmp_path / "unevaluated")))
+    unevaluated.fit()
+    a, b = RunDirectory(evaluated.config.out), RunDirectory(unevaluated.config.out)
+    train_columns = lambda run: [(row["train_loss"], row["train_acc"]) for row in run.read_metrics()]
+    assert train_columns(a) == train_columns(b) and a.read_steps() == b.read_steps()
+    last = [torch.load(run.last_path, weights_only=True) for run in (a, b)]
+    assert same_state(last[0]["model"], last[1]["model"]) and same_state(last[0]["optimizer"], last[1]["optimizer"])
+    assert all(torch.equal(x, y) for x, y in zip(evaluated.model.state_dict().values(), unevaluated.model.state_dict().values()))
+    assert evaluated.model.training == unevaluated.model.training
 
 
 def test_an_existing_run_is_refused_and_left_untouched(tiny_config):

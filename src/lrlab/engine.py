@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,7 @@ from lrlab.foreach_sgd import ForeachSGD
 from lrlab.models import build_model
 from lrlab.optimizers import (
     build_optimizer,
+    is_schedule_free,
     parse_optimizer,
     set_training_mode,
     with_lr,
@@ -230,6 +232,68 @@ class BestEpoch:
                                        **{f"final_{k}": v for k, v in correct.items()},
                                        **{f"best_{k}": v for k, v in self.correct.items()})
         return improved
+
+
+# The schedulefree README recomputes BatchNorm statistics on 50 training batches before evaluating.
+BATCHNORM_RECOMPUTE_BATCHES = 50
+
+
+def evaluate_run(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: BatchLoader,
+    loaders: dict[str, BatchLoader],
+    loss_fn: nn.Module,
+    *,
+    autocast: Any = nullcontext,
+    ranks: distributed.Ranks = distributed.SINGLE,
+    batchnorm_batches: int = BATCHNORM_RECOMPUTE_BATCHES,
+) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One run's evaluation between epochs: `evaluate_splits` on `loaders`, and the weights it evaluated (for best.pt).
+
+    A schedule-free optimizer takes its gradients at one point (y) and returns the average of its
+    iterates (x); x is what is evaluated and kept. BatchNorm's running statistics were gathered at
+    y, so, as the schedulefree README asks, they are recomputed at x on the first
+    `batchnorm_batches` training batches of the epoch just trained. Afterwards the weights,
+    BatchNorm statistics, RNG and model mode are put back bit for bit (switching x back to y with the
+    optimizer's own arithmetic is not exact in floating point), so training goes on exactly as if
+    it had not been evaluated. For other optimizers the weights returned are the model's own,
+    valid until it trains again.
+    """
+    was_training = model.training
+    if not is_schedule_free(optimizer):
+        metrics, correct = evaluate_splits(loaders, model, loss_fn, autocast, ranks)
+        model.train(was_training)
+        return metrics, correct, model.state_dict()
+    training_state = {name: value.clone() for name, value in model.state_dict().items()}
+    set_training_mode(optimizer, False)
+    try:
+        recompute_batchnorm(model, itertools.islice(train_loader, batchnorm_batches), autocast, ranks)
+        metrics, correct = evaluate_splits(loaders, model, loss_fn, autocast, ranks)
+        evaluated = {name: value.clone() for name, value in model.state_dict().items()}
+    finally:
+        set_training_mode(optimizer, True)
+        model.load_state_dict(training_state)
+        model.train(was_training)
+    return metrics, correct, evaluated
+
+
+def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Any = nullcontext,
+                        ranks: distributed.Ranks = distributed.SINGLE) -> None:
+    """BatchNorm running statistics made the plain average over `batches` at the current weights.
+
+    torch's `update_bn` (from SWA, which has the same problem) does the work; the RNG is forked so
+    that a layer drawing random numbers in training mode (dropout) leaves the run's RNG as it was.
+    Under torchrun the ranks' statistics are averaged, so every rank evaluates the same model.
+    """
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
+        torch.optim.swa_utils.update_bn(batches, model)
+    if ranks.distributed:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                for statistic in (module.running_mean, module.running_var):
+                    statistic.copy_(distributed.sum_over_ranks(statistic.clone(), ranks) / ranks.world)
 
 
 @contextlib.contextmanager
@@ -567,18 +631,22 @@ class Trainer:
                 first_step=first_step, autocast=self.autocast, progress=None if quiet else progress, check_every=check_every,
                 ranks=self.ranks, graphed=self.graphed_step,
             )
-        set_training_mode(self.optimizer, False)
-        evaluated, correct = evaluate_splits(self.evaluation_loaders, self.model, self.loss_fn, self.autocast, self.ranks)
+        evaluated, correct, evaluated_weights = evaluate_run(self.model, self.optimizer, self.train_loader, self.evaluation_loaders,
+                                                             self.loss_fn, autocast=self.autocast, ranks=self.ranks)
         metrics = {"train_loss": train_loss, "train_acc": train_acc, **evaluated}
-        self.record_epoch(metrics, lr_at_start, first_step, step_lrs, step_losses, started, quiet, writer, correct)
+        self.record_epoch(metrics, lr_at_start, first_step, step_lrs, step_losses, started, quiet, writer, correct,
+                          evaluated_weights)
 
     def record_epoch(self, metrics: dict[str, float], lr_at_start: float, first_step: int, step_lrs: list[float],
                      step_losses: list[float], started: float, quiet: bool, writer: Any = None,
-                     correct: dict[str, torch.Tensor] | None = None) -> None:
+                     correct: dict[str, torch.Tensor] | None = None,
+                     evaluated_weights: dict[str, torch.Tensor] | None = None) -> None:
         """After an epoch's training and evaluation (here or in a group): step the schedule, write rows and checkpoints.
 
         `metrics` holds train_*, test_* and, when the run has a validation split, val_* figures;
-        `correct` which images of each split the model got right (see `evaluate_splits`).
+        `correct` which images of each split the model got right (see `evaluate_splits`);
+        `evaluated_weights` the weights those figures belong to, which best.pt keeps (`evaluate_run`
+        returns them; by default the model's own).
         """
         epoch = self.epoch + 1
         train_loss, train_acc = metrics["train_loss"], metrics["train_acc"]
@@ -594,7 +662,8 @@ class Trainer:
                                  "seconds": round(seconds, 3), "elapsed_seconds": round(self.elapsed_seconds, 3)})
         self.best.record(epoch, metrics, correct or {}, lambda: {
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "epoch": epoch,
-            **{name: metrics[name] for name in ("val_acc", "test_acc") if name in metrics}, "model": self.model.state_dict(),
+            **{name: metrics[name] for name in ("val_acc", "test_acc") if name in metrics},
+            "model": self.model.state_dict() if evaluated_weights is None else evaluated_weights,
         })
         self.run.save_checkpoint(self.run.last_path, self._checkpoint())
         if writer is not None:

@@ -67,6 +67,11 @@ def build_optimizer(spec: OptimizerSpec, parameters: Iterable[torch.nn.Parameter
         raise UsageError(f"optimizer {spec.text!r}: {error}") from None
 
 
+def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` trains at one point and is evaluated at another (its `train()` / `eval()` switch)."""
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+
+
 def set_training_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
     """Schedule-free optimizers keep two sets of weights; switch to the right one."""
     switch = getattr(optimizer, "train" if training else "eval", None)
