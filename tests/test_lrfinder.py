@@ -3,6 +3,7 @@ import math
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import without_timing
@@ -10,7 +11,7 @@ from helpers import without_timing
 from lrlab import Trainer, train
 from lrlab.cli import main
 from lrlab.engine import find_lr
-from lrlab.lrfinder import smooth, suggest, sweep
+from lrlab.lrfinder import VALLEY_FRACTION, RunawayCheck, smooth, smoothing_window, suggest, sweep
 from lrlab.runs import RunDirectory
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -23,10 +24,64 @@ def test_exponential_sweep_is_geometric_from_start_to_end():
     assert sweep(0.0001, 1.0, 5, "linear")[1] == pytest.approx(0.250075)
 
 
-def test_bias_corrected_smoothing_leaves_a_constant_curve_unchanged():
-    assert smooth([2.0] * 10) == pytest.approx([2.0] * 10)
-    rising = smooth([1.0, 3.0])
-    assert rising[1] == pytest.approx((0.98 * 0.02 * 1.0 + 0.02 * 3.0) / (1 - 0.98**2))
+def lagging_ema(losses, beta=0.98):
+    """The bias-corrected causal moving average lrlab smoothed with before: kept here only as the comparison."""
+    average, smoothed = 0.0, []
+    for index, loss in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * loss
+        smoothed.append(average / (1 - beta**index))
+    return smoothed
+
+
+def test_centred_smoothing_keeps_a_parabola_in_place_and_drops_a_lone_spike():
+    x = np.linspace(-1, 1, 41)
+    parabola = (1 + (x - 0.3) ** 2).tolist()
+    smoothed = smooth(parabola, 9)
+    assert np.argmin(smoothed) == np.argmin(parabola)
+    assert smoothed[5:-5] == pytest.approx(parabola[5:-5], abs=1e-3)  # the median lifts a sharp bottom a little
+    spiked = [1.0] * 41
+    spiked[20] = 50.0
+    assert smooth(spiked, 9) == pytest.approx([1.0] * 41)
+
+
+FALL_STARTS_LR, MINIMUM_LR = 1e-3, 0.2
+
+
+def synthetic_range_test(lrs, seed):
+    """A loss flat at 2.3 until FALL_STARTS_LR, falling (a half cosine in log LR) to 1.2 at MINIMUM_LR,
+    then rising; with batch-to-batch noise of 0.05, about what a real range test shows."""
+    x, start, bottom = np.log10(lrs), math.log10(FALL_STARTS_LR), math.log10(MINIMUM_LR)
+    progress = np.clip((x - start) / (bottom - start), 0, 1)
+    clean = np.where(x <= bottom, 2.3 - 1.1 * (1 - np.cos(np.pi * progress)) / 2, 1.2 + 2 * (x - bottom) ** 2)
+    return (clean + np.random.default_rng(seed).normal(0, 0.05, len(x))).tolist()
+
+
+def true_suggestions():
+    """Each rule on the noise-free curve, from its known points."""
+    start, bottom = math.log10(FALL_STARTS_LR), math.log10(MINIMUM_LR)
+    left_plateau = math.acos(0.8) / math.pi  # where a tenth of the fall is done
+    valley = start + (left_plateau + VALLEY_FRACTION * (1 - left_plateau)) * (bottom - start)
+    return {"valley": 10**valley, "steepest": math.sqrt(FALL_STARTS_LR * MINIMUM_LR), "minimum/10": MINIMUM_LR / 10}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_suggestions_land_within_2x_of_the_truth_where_the_old_moving_average_missed_by_more(seed):
+    lrs = sweep(1e-7, 10.0, 100, "exp")
+    losses = synthetic_range_test(lrs, seed)
+    truth = true_suggestions()
+    off_by = lambda picks: {rule: max(picks[rule] / truth[rule], truth[rule] / picks[rule]) for rule in truth}
+    assert all(factor <= 2 for factor in off_by(suggest(lrs, smooth(losses, smoothing_window(100)))).values())
+    assert all(factor > 2 for factor in off_by(suggest(lrs, lagging_ema(losses))).values())
+
+
+def test_the_sweep_stops_two_steps_after_the_loss_runs_away_where_the_old_average_took_ten():
+    losses = [1.0] * 30 + [10.0] * 30
+    check = RunawayCheck(diverge=4)
+    stopped_at = next(step for step, loss in enumerate(losses) if check(loss))
+    assert stopped_at == 32
+    assert not RunawayCheck(diverge=4)(100.0)  # a huge first loss is the lowest so far, not a runaway
+    lagging = lagging_ema(losses)
+    assert next(step for step, value in enumerate(lagging) if value > 4 * min(lagging[: step + 1])) == 40
 
 
 def test_suggestions_sit_where_each_rule_says_on_a_known_curve():

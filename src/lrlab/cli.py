@@ -154,7 +154,7 @@ def build_parser() -> Parser:
     find_lr.add_argument("--end", type=float, default=10.0, help="last LR of the sweep (default: 10)")
     find_lr.add_argument("--steps", type=int, default=100, help="batches in the sweep (default: 100)")
     find_lr.add_argument("--mode", default="exp", help="exp (geometric, default) or linear LR growth")
-    find_lr.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this times its minimum (default: 4)")
+    find_lr.add_argument("--diverge", type=float, default=4.0, help="stop when the median of the last 5 losses exceeds this times its lowest (default: 4)")
     find_lr.add_argument("--repeats", type=int, default=1, help="run the test with N seeds and report the median and spread")
     find_lr.add_argument("--config", help="YAML file with the training options; options given here override it")
     _add_config_options(find_lr, skip=("schedule", "epochs", "tensorboard"),

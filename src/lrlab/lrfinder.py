@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.ndimage import median_filter
+from scipy.signal import savgol_filter
 from torch import nn
 
 from lrlab.errors import UsageError
@@ -30,6 +33,12 @@ RULES = {
 AUTO_RULE = "valley"
 VALLEY_FRACTION = 0.45
 MIN_STEPS = 10
+# The smoothing window spans this share of the sweep (15 of 100 steps: 1.2 decades of 1e-7..10),
+# about the width of the basin around a real curve's minimum; a quadratic fit keeps that basin's
+# shape where a moving average of the same width would flatten it.
+SMOOTHING_SHARE = 0.15
+SPIKE_WINDOW = 5
+RUNAWAY_WINDOW = 5
 
 
 @dataclass
@@ -69,13 +78,49 @@ def sweep(start: float, end: float, steps: int, mode: str) -> list[float]:
     return [start + (end - start) * i / (steps - 1) for i in range(steps)]
 
 
-def smooth(losses: list[float], beta: float = 0.98) -> list[float]:
-    """Exponential moving average with bias correction, so early points are not pulled towards 0."""
-    average, smoothed = 0.0, []
-    for index, loss in enumerate(losses, start=1):
-        average = beta * average + (1 - beta) * loss
-        smoothed.append(average / (1 - beta**index))
-    return smoothed
+def smoothing_window(steps: int) -> int:
+    """The centred smoothing window, in steps, for a sweep of `steps`: odd, and at least a quadratic's worth."""
+    return max(5, round(steps * SMOOTHING_SHARE) // 2 * 2 + 1)
+
+
+def smooth(losses: list[float], window: int) -> list[float]:
+    """The recorded losses smoothed without lag: a running median of 5, then a centred quadratic fit.
+
+    The suggestions are read after the sweep, so each point can be smoothed with the losses on
+    both sides of it, and a centred filter moves no feature of the curve along the LR axis (the
+    causal moving average used before trailed the raw curve by more than a decade of LR on the
+    README's range test, and pushed every suggestion up). The median removes single-batch spikes,
+    which a linear filter would smear over its window. The Savitzky-Golay filter (scipy's) then
+    fits a quadratic to the `window` points around each one: a minimum or a bend keeps its place,
+    where a moving average of the same width would flatten an uneven valley and shift its bottom
+    towards the gentler side. At the ends it evaluates the fit of the first or last window, so the
+    ends do not lag either. A fit of one formula to the whole curve was the other choice; a range
+    test's curve (plateau, fall, basin, blow-up) has no agreed formula, so a local fit it is.
+    """
+    window = min(window, len(losses) // 2 * 2 - 1)
+    despiked = median_filter(np.asarray(losses, dtype=float), SPIKE_WINDOW, mode="mirror")
+    return savgol_filter(despiked, window, 2, mode="interp").tolist()
+
+
+class RunawayCheck:
+    """Whether the loss has run away, decided step by step while the sweep runs.
+
+    This has to be causal, unlike the smoothing the suggestions use: it decides whether to take
+    the next step, whose loss cannot be known yet. The median of the last five losses ignores a
+    single bad batch and stops two steps into a real runaway; the moving average used before took
+    ten steps on a tenfold jump (tested), nearly a decade of LR further into the blow-up.
+    """
+
+    def __init__(self, diverge: float):
+        self.diverge = diverge
+        self.recent: deque[float] = deque(maxlen=RUNAWAY_WINDOW)
+        self.lowest = math.inf
+
+    def __call__(self, loss: float) -> bool:
+        self.recent.append(loss)
+        level = statistics.median(self.recent)
+        self.lowest = min(self.lowest, level)
+        return level > self.diverge * self.lowest
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
@@ -117,10 +162,10 @@ def range_test(
         optimizer.train()
     lrs, losses = [], []
     stopped_early = wrapped = False
+    ran_away = RunawayCheck(diverge)
     try:
         model.train()
         batches = iter(loader)
-        lowest = math.inf
         for step, lr in enumerate(sweep(start, end, steps, mode)):
             try:
                 images, labels = next(batches)
@@ -142,9 +187,7 @@ def range_test(
                 break
             lrs.append(lr)
             losses.append(value)
-            current = smooth(losses)[-1]
-            lowest = min(lowest, current)
-            if step >= MIN_STEPS and current > diverge * lowest:
+            if ran_away(value) and step >= MIN_STEPS:
                 stopped_early = True
                 break
     finally:
@@ -155,7 +198,7 @@ def range_test(
             torch.cuda.set_rng_state_all(saved_cuda_rng)
     if len(losses) < MIN_STEPS:
         raise UsageError(f"the loss blew up after {len(losses)} steps of the range test; lower --start or --end")
-    smoothed = smooth(losses)
+    smoothed = smooth(losses, smoothing_window(steps))
     notes = [f"the test needed more steps ({steps}) than one epoch has ({len(loader)} batches) and wrapped around the data"] if wrapped else []
     return RangeTest(lrs, losses, smoothed, suggest(lrs, smoothed), stopped_early, wrapped, notes)
 
@@ -193,14 +236,15 @@ def write_outputs(folder, tests: list[RangeTest]) -> dict[str, Any]:
     (folder / "lr_find.csv").write_text("\n".join(lines) + "\n")
     figure, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for repeat, test in enumerate(tests):
-        ax.plot(test.lrs, test.losses, color="grey", alpha=0.25, linewidth=0.8)
-        ax.plot(test.lrs, test.smoothed, label=f"smoothed loss, seed +{repeat}" if len(tests) > 1 else "smoothed loss")
+        seed = f", seed +{repeat}" if len(tests) > 1 else ""
+        line, = ax.plot(test.lrs, test.losses, alpha=0.35, linewidth=0.7, marker=".", markersize=2, label=f"recorded loss{seed}")
+        ax.plot(test.lrs, test.smoothed, color=line.get_color(), linewidth=1.8, label=f"centred smoothing, read by the rules{seed}")
     styles = {"valley": ("tab:red", "-"), "steepest": ("tab:green", "--"), "minimum/10": ("tab:purple", ":")}
     for rule, (colour, style) in styles.items():
         value = statistics.median(t.suggestions[rule] for t in tests)
         ax.axvline(value, color=colour, linestyle=style, label=f"{rule}: {value:.3g}" + (" (auto)" if rule == AUTO_RULE else ""))
     ax.set_xscale("log")
-    low = min(min(t.smoothed) for t in tests)
+    low = min(min(min(t.smoothed), min(t.losses)) for t in tests)
     ax.set_ylim(low * 0.9, max(t.smoothed[0] for t in tests) * 1.5)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
