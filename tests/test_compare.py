@@ -35,12 +35,12 @@ def test_grid_writes_one_run_per_schedule_and_seed_with_paired_batches(base, tmp
     outcomes = run_comparison(base, variants, [0, 1], base.out, show_progress=False)
     assert [(o.label, o.seed, o.state) for o in outcomes] == [
         ("constant", 0, "finished"), ("constant", 1, "finished"),
-        ("step_step_size=1,gamma=0.5", 0, "finished"), ("step_step_size=1,gamma=0.5", 1, "finished")]
+        ("StepLR(1, 0.5)", 0, "finished"), ("StepLR(1, 0.5)", 1, "finished")]
     out = Path(base.out)
     # Epoch 1 runs at the same LR under both schedules: same weights, same batches, so identical numbers.
     for seed in (0, 1):
         constant = RunDirectory(out / "constant" / f"seed-{seed}").read_steps()
-        step = RunDirectory(out / "step_step_size=1,gamma=0.5" / f"seed-{seed}").read_steps()
+        step = RunDirectory(out / "StepLR(1, 0.5)" / f"seed-{seed}").read_steps()
         first_epoch = lambda rows: [r["loss"] for r in rows if r["epoch"] == 1]
         assert first_epoch(constant) == first_epoch(step)
     seed_0 = RunDirectory(out / "constant" / "seed-0").read_steps()
@@ -62,11 +62,11 @@ def test_a_comparison_stopped_half_way_continues_where_it_stopped(base, tmp_path
 
     with pytest.raises(KeyboardInterrupt):
         Trainer(run_config(base, variants[1], 0, Path(base.out)), on_epoch=stop_after_first_epoch).fit()
-    half = RunDirectory(Path(base.out) / "cosine_T_max=3" / "seed-0")
+    half = RunDirectory(Path(base.out) / "CosineAnnealingLR(3)" / "seed-0")
     assert len(half.read_metrics()) == 1 and half.read_status()["state"] == "interrupted"
     run_comparison(base, variants, [0], base.out, show_progress=False, runs_per_pass=1)
     assert finished.metrics_path.read_bytes() == finished_bytes  # the finished run was skipped, not redone
-    expected = RunDirectory(Path(reference.out) / "cosine_T_max=3" / "seed-0").read_metrics()
+    expected = RunDirectory(Path(reference.out) / "CosineAnnealingLR(3)" / "seed-0").read_metrics()
     assert without_timing(half.read_metrics()) == without_timing(expected)
 
 
@@ -161,6 +161,19 @@ def test_report_files_exist_and_user_text_is_escaped(base):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing remote
 
 
+def test_report_configuration_shows_what_varies_and_what_every_run_shares(base):
+    variants = [Variant("constant", "constant"), Variant("adam", "cosine:T_max=3", "adam:lr=0.001")]
+    run_comparison(replace(base, epochs=1), variants, [0, 1], base.out, show_progress=False)
+    build_report(base.out)
+    page = (Path(base.out) / "report.html").read_text()
+    section = page.split("<h2>Configuration</h2>", 1)[1].split("</pre>", 1)[0]
+    varies, shared = section.split("Shared by every run:")
+    assert "constant: schedule constant  with optimizer sgd:lr=0.05,momentum=0.9" in varies
+    assert "adam: schedule cosine:T_max=3  with optimizer adam:lr=0.001" in varies and "seeds: 0, 1" in varies
+    assert "dataset: &quot;digits&quot;" in shared and "epochs: 1" in shared
+    assert not re.search(r"\b(schedule|optimizer|seed|quiet|out):", shared)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_report_loads_in_headless_chromium_with_its_table_and_images(base, tmp_path):
     run_comparison(base, variants_from_specs(["constant", "cosine:T_max=3"]), [0, 1], base.out, show_progress=False)
@@ -196,6 +209,19 @@ def test_compare_command_runs_the_grid_and_prints_the_verdict(tmp_path, capsys):
     assert status == 0
     output = capsys.readouterr().out
     assert "Highest mean final test accuracy" in output and "report.html" in output
+
+
+@pytest.mark.parametrize("spec, label", [
+    ("step:step_size=5,gamma=0.5", "StepLR(5, 0.5)"),
+    ("cosine:T_max=50", "CosineAnnealingLR(50)"),
+    ("plateau:patience=3", "ReduceLROnPlateau(min, patience=3, monitor=val_loss)"),
+    ("warmup(linear,epochs=2)+cosine:T_max=18", "warmup(linear, epochs=2)+CosineAnnealingLR(18)"),
+    ("exponential:gamma=0.9@step", "ExponentialLR(0.9)@step"),
+    ("lambda:lr_lambda=1/(epoch+1)", "LambdaLR(1_(epoch+1))"),
+    ("constant", "constant"),
+])
+def test_user_specs_get_readable_labels_and_run_folders_like_the_torch_call(spec, label):
+    assert variants_from_specs([spec])[0].label == label
 
 
 TINY_COMPARE = ["compare", "--schedules", "constant", "--epochs", "1", "--seeds", "0", "--dataset", "digits", "--width", "4",

@@ -273,3 +273,11 @@ def test_cnn_learns_real_fashion_mnist_on_a_slice(tiny_config):
     assert result.final_test_acc > 0.6
 
 
+
+
+def test_status_json_says_which_epoch_a_running_run_is_on(tiny_config):
+    config = tiny_config(epochs=3)
+    seen = []
+    trainer = Trainer(config, on_epoch=lambda epoch, metrics: seen.append(RunDirectory(config.out).read_status()))
+    trainer.fit()
+    assert [(s["state"], s["epoch"]) for s in seen] == [("running", 1), ("running", 2), ("running", 3)]

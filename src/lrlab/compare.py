@@ -22,11 +22,12 @@ from lrlab.errors import UsageError
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
 from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
+from lrlab.schedules import NO_SCHEDULE, parse_schedule
 
 
 def label_for(spec: str) -> str:
-    """A short, file-system-safe label for a schedule spec."""
-    return re.sub(r"[^A-Za-z0-9_.=,+\-]+", "_", spec).strip("_") or "constant"
+    """A readable, file-system-safe label for a schedule spec, written like the torch call: `StepLR(5, 0.5)`."""
+    return re.sub(r"[^A-Za-z0-9_.=,+()@* \-]+", "_", parse_schedule(spec).label).strip("_ ") or NO_SCHEDULE
 
 
 def variants_from_specs(specs: list[str]) -> list[Variant]:

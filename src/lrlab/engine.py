@@ -666,6 +666,7 @@ class Trainer:
             "model": self.model.state_dict() if evaluated_weights is None else evaluated_weights,
         })
         self.run.save_checkpoint(self.run.last_path, self._checkpoint())
+        self.run.write_status("running", epoch=epoch, pid=os.getpid())
         if writer is not None:
             for name, value in metrics.items():
                 writer.add_scalar(name, value, epoch)

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 
 from lrlab.aggregate import Comparison, ScheduleResult, aggregate
 from lrlab.comparison import run_path
+from lrlab.config import RUNTIME_ONLY
 from lrlab.runs import RunDirectory
 
 PLOTS = ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
@@ -216,6 +217,22 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
     return written
 
 
+def configuration(comparison: Comparison) -> str:
+    """What varies between the runs (schedule, optimizer where an arm has its own, seed) and what every run shares."""
+    optimizers = {result.optimizer for result in comparison.results}
+    lines = ["Varies between runs:"]
+    for result in comparison.results:
+        own = f"  with optimizer {result.optimizer}" if len(optimizers) > 1 else ""
+        lines.append(f"  {result.label}: schedule {result.schedule}{own}")
+    seeds = sorted({seed for result in comparison.results for seed in result.seeds})
+    lines += [f"  seeds: {', '.join(map(str, seeds))}", "", "Shared by every run:"]
+    varying = {"schedule", "seed", *(("optimizer",) if len(optimizers) > 1 else ())}
+    for name, value in comparison.base_config.items():
+        if name not in varying and name not in RUNTIME_ONLY:
+            lines.append(f"  {name}: {json.dumps(value)}")
+    return "\n".join(lines)
+
+
 def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
     """One file with everything inline: no script, no remote resource, every user string escaped."""
     rows = summary_rows(comparison)
@@ -235,7 +252,7 @@ def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
             text = config_path.read_text() if config_path.exists() else "(not started)"
             configs.append(f"<details><summary>{html.escape(result.label)} seed {seed}: "
                            f"{html.escape(result.states.get(seed, 'missing'))}</summary><pre>{html.escape(text)}</pre></details>")
-    base = html.escape(json.dumps(comparison.base_config, indent=2))
+    base = html.escape(configuration(comparison))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">

@@ -93,6 +93,35 @@ class ScheduleSpec:
             return epochs * steps_per_epoch - warmup_steps
         return epochs - (math.ceil(warmup_steps / steps_per_epoch) if steps_per_epoch else 0)
 
+    @property
+    def label(self) -> str:
+        """A readable name written like the torch call, e.g. `StepLR(5, 0.5)` for `step:step_size=5,gamma=0.5`.
+
+        Values are positional while they follow the class signature without a gap, keywords after it.
+        """
+        if self.class_name is None:
+            main = NO_SCHEDULE
+        else:
+            parameters = [p for p in inspect.signature(scheduler_classes()[self.class_name]).parameters if p not in FILLED_BY_LRLAB]
+            shown, gap = [], False
+            for name in parameters:
+                if name not in self.arguments:
+                    gap = True
+                elif gap:
+                    shown.append(f"{name}={self.arguments[name]}")
+                else:
+                    shown.append(str(self.arguments[name]))
+            if self.monitor is not None:
+                shown.append(f"monitor={self.monitor}")
+            main = f"{self.class_name}({', '.join(shown)})"
+        if self.class_name is not None and self.per_step != (self.class_name in PER_STEP_BY_DEFAULT):
+            main += "@step" if self.per_step else "@epoch"
+        if self.warmup is None:
+            return main
+        length = f"epochs={self.warmup.epochs}" if self.warmup.steps is None else f"steps={self.warmup.steps}"
+        start = "" if self.warmup.start_factor == 0.01 else f", start_factor={self.warmup.start_factor}"
+        return f"warmup({self.warmup.kind}, {length}{start})+{main}"
+
 
 class LrLambda:
     """An `lr_lambda` written as arithmetic in `epoch` (e.g. `0.95**epoch`).
