@@ -1,4 +1,4 @@
-"""Command line: argument parsing only; every command calls the library API."""
+"""Command line: parses the arguments, calls the library API for each command and prints what it returns."""
 
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def _train(arguments: argparse.Namespace) -> int:
 
 
 def _compare(arguments: argparse.Namespace) -> int:
-    from lrlab.compare import run_comparison, variants_from_specs
+    from lrlab.compare import comparison_lr, run_comparison, variants_from_specs
     from lrlab.executors import build_executor
     from lrlab.report import build_report, verdict
 
@@ -248,7 +248,7 @@ def _compare(arguments: argparse.Namespace) -> int:
         raise UsageError(f"--target-acc {arguments.target_acc} should be a fraction in (0, 1], e.g. 0.9")
     base = config_from_arguments(arguments, defaults)
     if arguments.lr is not None:
-        base = replace(base, optimizer=_comparison_lr(arguments.lr, base))
+        base = replace(base, optimizer=comparison_lr(arguments.lr, base))
     if arguments.storage and not Path(base.out).is_absolute():
         base = replace(base, out=str(Path(arguments.storage) / base.out))
     executor = build_executor(arguments.backend, arguments.workers, arguments.cpus_per_run, arguments.gpus_per_run,
@@ -262,24 +262,6 @@ def _compare(arguments: argparse.Namespace) -> int:
             print(f"retried: {outcome.label} seed {outcome.seed}, {outcome.retries} time(s), then {outcome.state}")
     print(f"report: {Path(base.out) / 'report.html'}  table: {Path(base.out) / 'summary.md'}")
     return 0 if all(o.state == "finished" for o in outcomes) else 1
-
-
-def _comparison_lr(lr: str, base: RunConfig) -> str:
-    """The optimizer spec every run of the comparison uses, with --lr applied."""
-    from lrlab.engine import find_lr
-    from lrlab.optimizers import with_lr
-
-    if lr == "auto":
-        record = find_lr(replace(base, out=str(Path(base.out) / "lr_find")))
-        print(f"lrlab: --lr auto picked {record['pick']:.4g} for every run ({record['why']})", file=sys.stderr)
-        return with_lr(base.optimizer, record["pick"])
-    try:
-        value = float(lr)
-    except ValueError:
-        raise UsageError(f"--lr {lr!r} should be a number or auto") from None
-    if value <= 0:
-        raise UsageError(f"--lr {lr} should be positive")
-    return with_lr(base.optimizer, value)
 
 
 def _find_lr(arguments: argparse.Namespace) -> int:
@@ -315,7 +297,7 @@ def _report(arguments: argparse.Namespace) -> int:
 
 
 def _preview(arguments: argparse.Namespace) -> int:
-    from lrlab.preview import preview
+    from lrlab.preview import plot_previews, preview, previews_csv
 
     metric = None
     if arguments.metric:
@@ -325,10 +307,10 @@ def _preview(arguments: argparse.Namespace) -> int:
             raise UsageError("--metric should be numbers separated by commas, one per epoch") from None
     previews = {spec: preview(spec, arguments.epochs, arguments.steps_per_epoch, arguments.lr, metric) for spec in arguments.specs}
     if arguments.csv:
-        lines = ["spec,step,epoch,lr"] + [f'"{spec}",{r.step},{r.epoch},{r.lr!r}' for spec, rows in previews.items() for r in rows]
-        _write_output(arguments.csv, "\n".join(lines) + "\n")
+        _write_output(arguments.csv, previews_csv(previews))
     if arguments.plot:
-        _plot_preview(previews, arguments, metric)
+        plot_previews(previews, arguments.plot, epochs=arguments.epochs, steps_per_epoch=arguments.steps_per_epoch,
+                      lr=arguments.lr, metric_given=metric is not None)
     for spec, rows in previews.items():
         epoch_starts = [r.lr for r in rows if (r.step - 1) % arguments.steps_per_epoch == 0]
         shown = ", ".join(f"{lr:.4g}" for lr in epoch_starts[:6]) + (", ..." if len(epoch_starts) > 6 else "")
@@ -341,33 +323,6 @@ def _write_output(path: str, text: str) -> None:
         Path(path).write_text(text)
     except OSError as error:
         raise UsageError(f"cannot write {path}: {error.strerror}") from None
-
-
-def _plot_preview(previews: dict, arguments: argparse.Namespace, metric: list[float] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if Path(arguments.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise UsageError(f"--plot {arguments.plot} should end in .png, .svg or .pdf")
-    figure, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for spec, rows in previews.items():
-        ax.plot([r.step / arguments.steps_per_epoch for r in rows], [r.lr for r in rows], label=spec)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"Learning-rate schedules over {arguments.epochs} epochs (start LR {arguments.lr:g})")
-    if any("plateau" in s.lower() for s in previews):
-        ax.text(0.01, 0.02, "plateau assumes a " + ("flat metric (no improvement)" if metric is None else "given metric curve"),
-                transform=ax.transAxes, fontsize=8, color="grey")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    try:
-        figure.savefig(arguments.plot)
-    except OSError as error:
-        raise UsageError(f"cannot write {arguments.plot}: {error.strerror}") from None
-    plt.close(figure)
 
 
 def _doctor(arguments: argparse.Namespace) -> int:

@@ -190,3 +190,19 @@ def _steps_per_epoch(base: RunConfig, run_data) -> int:
     return max(1, batches_per_epoch(len(run_data.train_labels), base.batch_size))
 
 
+def comparison_lr(lr: str, base: RunConfig) -> str:
+    """The optimizer spec every run of the comparison uses, with --lr applied."""
+    from lrlab.engine import find_lr
+    from lrlab.optimizers import with_lr
+
+    if lr == "auto":
+        record = find_lr(replace(base, out=str(Path(base.out) / "lr_find")))
+        print(f"lrlab: --lr auto picked {record['pick']:.4g} for every run ({record['why']})", file=sys.stderr)
+        return with_lr(base.optimizer, record["pick"])
+    try:
+        value = float(lr)
+    except ValueError:
+        raise UsageError(f"--lr {lr!r} should be a number or auto") from None
+    if value <= 0:
+        raise UsageError(f"--lr {lr} should be positive")
+    return with_lr(base.optimizer, value)

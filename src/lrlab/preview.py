@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import torch
 
@@ -119,3 +120,38 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
         elif final_factor < 1e-3 and spec.class_name not in ("OneCycleLR", "LinearLR", "PolynomialLR", "CosineAnnealingLR"):
             warnings_found.append(f"{name}: the LR ends at {final_factor:.1e} of its start; the last epochs barely train")
     return warnings_found
+
+
+def previews_csv(previews: dict[str, list[PreviewRow]]) -> str:
+    """spec,step,epoch,lr rows for every spec's preview."""
+    lines = ["spec,step,epoch,lr"] + [f'"{spec}",{r.step},{r.epoch},{r.lr!r}' for spec, rows in previews.items() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_previews(previews: dict[str, list[PreviewRow]], path: str, *, epochs: int, steps_per_epoch: int, lr: float,
+                  metric_given: bool) -> None:
+    """The LR of every spec at every step, on one plot written to `path` (.png, .svg or .pdf)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if Path(path).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"--plot {path} should end in .png, .svg or .pdf")
+    figure, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for spec, rows in previews.items():
+        ax.plot([r.step / steps_per_epoch for r in rows], [r.lr for r in rows], label=spec)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"Learning-rate schedules over {epochs} epochs (start LR {lr:g})")
+    if any("plateau" in s.lower() for s in previews):
+        ax.text(0.01, 0.02, "plateau assumes a " + ("given metric curve" if metric_given else "flat metric (no improvement)"),
+                transform=ax.transAxes, fontsize=8, color="grey")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    try:
+        figure.savefig(path)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror}") from None
+    plt.close(figure)

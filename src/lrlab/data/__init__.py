@@ -1,4 +1,9 @@
-"""Data sources behind one registry; each returns an in-memory `ImageData`."""
+"""Data sets by name (see NAMES), one module per source: `load_dataset` picks the module for a name.
+
+Each source returns an `ImageData` holding its images in memory as uint8 tensors, except a folder
+data set larger than the memory budget once decoded, which stays on disk and is decoded a batch at
+a time (data/files.py).
+"""
 
 from __future__ import annotations
 
