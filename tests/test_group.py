@@ -214,3 +214,14 @@ def test_runs_per_pass_must_be_auto_or_a_positive_whole_number(text):
     with pytest.raises(UsageError, match="--runs-per-pass"):
         parse_runs_per_pass(text)
     assert parse_runs_per_pass("auto") == "auto" and parse_runs_per_pass("4") == 4
+
+
+def test_a_bad_runs_per_pass_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys):
+    from lrlab.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--dataset", "digits", "--schedules", "constant", "--seeds", "0", "--runs-per-pass", "zero",
+                 "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--runs-per-pass 'zero'" in error[0]
+    assert not out.exists() or not any(out.iterdir())

@@ -19,7 +19,8 @@ from torch.func import functional_call, vmap
 def _batchnorm_in_float32(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     # Under bf16 autocast a vmapped BatchNorm gets bf16 activations but float32 running statistics,
     # which CUDA's kernel refuses in the backward ("Expected running_mean to have type BFloat16");
-    # BatchNorm is numerically touchy anyway, so it runs in float32 and the next layer casts back.
+    # there BatchNorm runs in float32 and the next layer casts back. The CPU kernel takes the mix
+    # (tested), and the casts would cost it time, so on the CPU BatchNorm runs as in a lone run.
     return tuple(value.float() for value in inputs)
 
 
@@ -28,8 +29,9 @@ class StackedModel:
 
     def __init__(self, models: list[nn.Module], loss_fn: nn.Module):
         self.template = copy.deepcopy(models[0])
+        on_cpu = next(models[0].parameters()).device.type == "cpu"
         for module in self.template.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not on_cpu:
                 module.register_forward_pre_hook(_batchnorm_in_float32)
         self.loss_fn = loss_fn
         self.parameters = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
