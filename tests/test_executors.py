@@ -177,7 +177,8 @@ def test_executor_options_that_do_not_fit_together_are_refused(tmp_path, capsys,
 
 
 def test_a_pool_worker_killed_mid_pass_retries_the_runs_of_its_group(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setenv("LRLAB_TEST_EPOCH_DELAY", "0.3")
+    for name, value in slow_epochs(0.3).items():  # for the pool's worker processes
+        monkeypatch.setenv(name, value)
     base = tiny_config(epochs=3, precision="fp32")
     run_comparison(base, VARIANTS, [0], tmp_path / "whole", show_progress=False, executor=InProcess(threads=1), runs_per_pass=2)
     victim = RunDirectory(tmp_path / "pool" / "step" / "seed-0")
