@@ -1,10 +1,13 @@
 """Data flows one way (DESIGN.md): no lrlab module imports one downstream of it, and test hooks live in the tests.
 
-Read from the source (every import statement, those inside functions too), so the check holds
-whatever lrlab/__init__.py happens to import.
+Read from the source (every import statement, those inside functions too), and checked once more
+in a fresh interpreter for the two promises DESIGN names: the config loads no data source, and a
+report is rebuilt without the engine or the grid runner.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,14 @@ def test_the_check_sees_a_backward_import(tmp_path):
 def test_the_product_reads_no_test_hook():
     for path in MODULES:
         assert "LRLAB_TEST" not in path.read_text(), f"{path} reads a test hook; put it in the tests"
+
+
+@pytest.mark.parametrize("module, never", [
+    ("lrlab.config", ("lrlab.data", "lrlab.engine", "lrlab.models")),
+    ("lrlab.report", ("lrlab.engine", "lrlab.executors", "lrlab.compare", "lrlab.data")),
+])
+def test_a_fresh_interpreter_loads_nothing_downstream(module, never):
+    """What importing `module` really loads, lrlab/__init__.py included."""
+    code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('lrlab')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert module in loaded and not [m for m in loaded if m.startswith(never)]
