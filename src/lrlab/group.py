@@ -206,6 +206,7 @@ def train_group_epoch(loader, stacked: StackedModel, optimizer: VectorOptimizer,
     step_lrs: list[list[float]] = [[] for _ in range(arms)]
     diverged: dict[int, Diverged] = {}
     seen, checked, steps = 0, 0, 0
+    rows = None
     for index, (images, labels) in enumerate(loader):
         for arm in alive:
             step_lrs[arm].append(schedules[arm].optimizer.param_groups[0]["lr"])
@@ -216,7 +217,8 @@ def train_group_epoch(loader, stacked: StackedModel, optimizer: VectorOptimizer,
         optimizer.step()
         for arm in alive:
             schedules[arm].after_step()
-        rows = torch.tensor(alive, device=device)
+        if rows is None or len(rows) != len(alive):  # made afresh only when an arm leaves: no copy to the device per step
+            rows = torch.tensor(alive, device=device)
         losses = losses.detach().float()
         step_losses[index, rows] = losses
         loss_sums[rows] += losses * len(labels)

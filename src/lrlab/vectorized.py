@@ -134,7 +134,9 @@ class VectorOptimizer:
 
     def _per_arm(self, name: str) -> torch.Tensor:
         values = [arm.param_groups[0][name] for arm in self.arms]
-        return torch.tensor(values, dtype=torch.float64).to(self.steps.device, non_blocking=True)
+        # From pinned memory the copy to a GPU is queued without waiting for the device.
+        on_cuda = self.steps.device.type == "cuda"
+        return torch.tensor(values, dtype=torch.float64, pin_memory=on_cuda).to(self.steps.device, non_blocking=True)
 
     @torch.no_grad()
     def step(self) -> None:
