@@ -9,11 +9,18 @@ are updated in place, per arm. (The recipe of torch.func's "model ensembling" tu
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+# vmap runs an op without a batching rule (adaptive_avg_pool2d's as_strided_ on channels-last
+# input) arm by arm and warns each time; what that costs is in the measured speed-up
+# (benchmarks/README.md), so the warning would only alarm users.
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule",
+                        category=UserWarning)
 
 
 def _batchnorm_in_float32(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
