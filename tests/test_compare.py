@@ -1,3 +1,4 @@
+import csv
 import re
 import shutil
 import subprocess
@@ -9,9 +10,10 @@ from helpers import without_timing
 
 from lrlab import RunConfig, Trainer, train
 from lrlab.cli import main
-from lrlab.aggregate import aggregate
+from lrlab.aggregate import Comparison, ScheduleResult, aggregate
 from lrlab.comparison import PRESETS, Variant
 from lrlab.compare import (
+    at_lr,
     run_comparison,
     run_config,
     variants_from_specs,
@@ -20,6 +22,7 @@ from lrlab.errors import UsageError
 from lrlab.preview import doctor, preview
 from lrlab.report import build_report, verdict
 from lrlab.runs import RunDirectory
+from lrlab.stats import PairedDifference, Summary
 
 CHROMIUM = shutil.which("chromium")
 
@@ -80,7 +83,7 @@ def test_a_diverged_run_is_reported_and_not_averaged_in(base):
     assert exploding.final_acc is None and exploding.difference is None
     assert "explodes (seed 0 diverged, seed 1 diverged)" in verdict(comparison)
     summary = (Path(base.out) / "summary.csv").read_text()
-    assert re.search(r"explodes,exponential:gamma=1e10,0/2,2,0,n/a", summary)
+    assert re.search(r"explodes,exponential:gamma=1e10,,0/2,2,0,n/a", summary)
 
 
 def test_article_preset_is_the_articles_experiment_exactly():
@@ -140,7 +143,7 @@ def test_a_schedule_that_is_clearly_better_is_called_better_and_only_then(base):
     run_comparison(base, variants, [0, 1, 2], base.out, show_progress=False)
     comparison = build_report(base.out)
     text = verdict(comparison)
-    assert "Better than tiny-lr beyond the seed-to-seed noise: sane" in text
+    assert "Better than tiny-lr (p < 0.05; seeds and test images both counted): sane" in text
     sane = next(r for r in comparison.results if r.label == "sane")
     assert sane.difference.ci_low > 0 and sane.difference.p_value < 0.05
 
@@ -348,3 +351,102 @@ def test_rebuilding_a_report_imports_neither_the_grid_runner_nor_the_engine():
     loaded = _lrlab_imports_at_module_level("lrlab.report")
     assert "lrlab.aggregate" in loaded
     assert not {"lrlab.compare", "lrlab.engine", "lrlab.executors"} & loaded
+
+
+def test_an_lr_sets_the_optimizers_lr_and_the_peak_of_one_cycle_like_schedules():
+    step = at_lr(Variant("step", "step:step_size=2,gamma=0.5"), 0.3, "sgd:lr=0.05,momentum=0.9")
+    assert step.schedule == "step:step_size=2,gamma=0.5" and step.optimizer == "sgd:lr=0.3,momentum=0.9"
+    onecycle = at_lr(Variant("oc", "onecycle:max_lr=0.1,pct_start=0.2"), 0.3, "sgd:lr=0.05")
+    assert onecycle.schedule == "onecycle:max_lr=0.3,pct_start=0.2" and onecycle.optimizer == "sgd:lr=0.3"
+    assert (onecycle.label, onecycle.arm, onecycle.lr) == ("oc/lr=0.3", "oc", 0.3)
+
+
+def test_an_lr_sweep_judges_each_schedule_at_its_best_validation_lr(base, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["compare", "--schedules", "constant", "step:step_size=1,gamma=0.5", "--lrs", "0.005", "0.1",
+                 "--seeds", "0", "1", "--dataset", "digits", "--epochs", "2", "--width", "4", "--limit-train", "300",
+                 "--out", str(out), "--quiet"]) == 0
+    comparison = aggregate(out)
+    for result in comparison.results:
+        label = result.label
+        mean_val = {}
+        for lr in ("0.005", "0.1"):
+            finals = [RunDirectory(out / label / f"lr={lr}" / f"seed-{s}").read_metrics()[-1] for s in (0, 1)]
+            mean_val[float(lr)] = sum(row["val_acc"] for row in finals) / 2
+        assert result.picked_lr == max(mean_val, key=mean_val.get)
+        assert [p.lr for p in result.sweep] == [0.005, 0.1]
+        picked_finals = [RunDirectory(out / label / f"lr={result.picked_lr:g}" / f"seed-{s}").read_metrics()[-1]["test_acc"]
+                         for s in (0, 1)]
+        assert result.final_acc.mean == pytest.approx(sum(picked_finals) / 2)
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [float(row["picked_lr"]) for row in rows] == [r.picked_lr for r in comparison.results]
+    assert (out / "plots" / "acc_vs_lr.png").stat().st_size > 10_000
+    assert "picked by mean final validation accuracy" in verdict(comparison)
+    assert "LR (picked on validation)" in (out / "summary.md").read_text()
+
+
+def test_lr_and_an_lr_sweep_together_are_refused(tmp_path, capsys):
+    assert main(["compare", "--schedules", "constant", "--lr", "0.1", "--lrs", "0.1", "0.2", "--dataset", "digits",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "either --lr" in capsys.readouterr().err
+
+
+def test_two_seeds_never_make_a_difference_real_however_large(base):
+    variants = [Variant("tiny-lr", "constant", "sgd:lr=0.00005"), Variant("sane", "constant")]
+    run_comparison(base, variants, [0, 1], base.out, show_progress=False)
+    text = verdict(build_report(base.out))
+    assert "Fewer than 3 seeds, so no difference is called real: sane" in text and "Better than" not in text
+
+
+def test_several_arms_are_judged_on_holm_adjusted_p_values_shown_beside_the_raw_ones(base):
+    variants = [Variant("tiny-lr", "constant", "sgd:lr=0.00005"), Variant("sane", "constant"),
+                Variant("also-tiny", "constant", "sgd:lr=0.00006")]
+    run_comparison(base, variants, [0, 1, 2], base.out, show_progress=False)
+    comparison = build_report(base.out)
+    rows = {row["schedule"]: row for row in csv.DictReader((Path(base.out) / "summary.csv").open())}
+    for result in comparison.results[1:]:
+        assert result.difference.p_adjusted >= result.difference.p_value
+        assert float(rows[result.label]["p_holm"]) == pytest.approx(result.difference.p_adjusted, rel=1e-2)
+    assert "p (Holm)" in (Path(base.out) / "summary.md").read_text()
+
+
+def _comparison_with(differences: dict[str, PairedDifference], seeds_needed: int | None = None) -> Comparison:
+    """A comparison whose arms differ from the baseline as given: the verdict's logic alone."""
+    def result(label, difference=None):
+        summary = Summary(3, 0.9, 0.01, 0.88, 0.92)
+        return ScheduleResult(label, label, "sgd", [0, 1, 2], {0: "finished", 1: "finished", 2: "finished"},
+                              summary, summary, summary, difference, [], [], {}, {}, {}, seeds_needed=seeds_needed)
+    results = [result("base")] + [result(label, d) for label, d in differences.items()]
+    return Comparison(Path("x"), "base", 0.9, 3, {}, results, test_images=100_000)
+
+
+def test_the_verdict_calls_a_difference_real_only_on_its_holm_adjusted_p():
+    # Raw p 0.03 and 0.5: Holm multiplies the smaller by 2, to 0.06, so neither is called real.
+    close = PairedDifference(3, 0.02, 0.001, 0.04, 0.03, std=0.005, p_adjusted=0.06)
+    far = PairedDifference(3, 0.001, -0.01, 0.012, 0.5, std=0.005, p_adjusted=0.5)
+    text = verdict(_comparison_with({"a": close, "b": far}, seeds_needed=7))
+    assert "Better than" not in text
+    assert "Not distinguishable from base with these seeds (adjusted p >= 0.05" in text
+    assert "a; with this spread, about 7 seeds would tell a 0.5-point difference" in text
+    real = PairedDifference(3, 0.02, 0.01, 0.03, 0.001, std=0.005, p_adjusted=0.002)
+    text = verdict(_comparison_with({"a": real, "b": far}))
+    assert "Better than base (Holm-adjusted p < 0.05 over the 2 comparisons with base" in text
+    assert "a (+2.00 points, 95% CI +1.00 to +3.00, adjusted p 0.002)" in text
+
+
+def test_doctor_says_when_a_test_set_cannot_resolve_the_minimum_effect(capsys):
+    assert main(["doctor", "constant", "--test-images", "6"]) == 1
+    assert "the test set has 6 images" in capsys.readouterr().out
+    assert main(["doctor", "constant", "--test-images", "100000"]) == 0
+
+
+def test_a_small_test_set_is_flagged_before_training_and_in_the_report(base, capsys):
+    small = replace(base, limit_test=60, epochs=4)
+    run_comparison(small, variants_from_specs(["constant", "cosine:T_max=3"]), [0, 1, 2], base.out, show_progress=False)
+    assert "the test set has 60 images" in capsys.readouterr().err
+    comparison = build_report(base.out)
+    assert comparison.test_images == 60
+    assert "The test set (60 images) is too small to resolve 0.5-point differences" in verdict(comparison)
+    assert (Path(base.out) / "plots" / "test_acc_last_epochs.png").exists()  # the zoomed last epochs
+    page = (Path(base.out) / "report.html").read_text()
+    assert "<th>final acc % (mean ± sd)</th>" in page and "<th>final_acc_mean</th>" not in page

@@ -131,6 +131,12 @@ def build_parser() -> Parser:
     compare.add_argument("--baseline", help="label of the schedule the others are compared with (default: the first)")
     compare.add_argument("--target-acc", type=float, help="accuracy (0-1) for 'epochs to target' (default: the baseline's final mean)")
     compare.add_argument("--lr", help="the optimizer's LR for every run, or 'auto' to run the LR range test once first")
+    compare.add_argument("--min-effect", type=float, default=0.5, metavar="POINTS",
+                         help="the smallest accuracy difference you care about, in points; the report says how many seeds "
+                              "would resolve it (default: 0.5)")
+    compare.add_argument("--lrs", nargs="+", type=float, metavar="LR",
+                         help="run every schedule at each of these LRs and judge each at the one with the best mean validation "
+                              "accuracy; an LR sets the optimizer's lr, and max_lr of OneCycleLR and CyclicLR")
     compare.add_argument("--config", help="YAML file with the training options; options given here override it")
     where = compare.add_argument_group("where the runs train")
     where.add_argument("--backend", choices=("local", "ray"), default="local", help="local (this machine, the default) or ray")
@@ -182,6 +188,9 @@ def build_parser() -> Parser:
     doctor.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs")
     doctor.add_argument("--epochs", type=int, default=20, help="run length in epochs (default: 20)")
     doctor.add_argument("--steps-per-epoch", type=int, default=1, help="optimizer steps per epoch (default: 1)")
+    doctor.add_argument("--test-images", type=int, metavar="N", help="also say whether a test set of N images can resolve --min-effect")
+    doctor.add_argument("--min-effect", type=float, default=0.5, metavar="POINTS",
+                        help="the smallest accuracy difference you care about, in points (default: 0.5)")
     _add_quiet(doctor)
 
     schedules = commands.add_parser("schedules", help="list every schedule name and how it is stepped",
@@ -247,6 +256,10 @@ def _compare(arguments: argparse.Namespace) -> int:
     if arguments.target_acc is not None and not 0 < arguments.target_acc <= 1:
         raise UsageError(f"--target-acc {arguments.target_acc} should be a fraction in (0, 1], e.g. 0.9")
     base = config_from_arguments(arguments, defaults)
+    if not 0 < arguments.min_effect < 100:
+        raise UsageError(f"--min-effect {arguments.min_effect} should be in points of accuracy, between 0 and 100 (e.g. 0.5)")
+    if arguments.lr is not None and arguments.lrs:
+        raise UsageError("give either --lr (one LR for every run) or --lrs (a sweep), not both")
     if arguments.lr is not None:
         base = replace(base, optimizer=comparison_lr(arguments.lr, base))
     if arguments.storage and not Path(base.out).is_absolute():
@@ -254,7 +267,8 @@ def _compare(arguments: argparse.Namespace) -> int:
     executor = build_executor(arguments.backend, arguments.workers, arguments.cpus_per_run, arguments.gpus_per_run,
                               arguments.max_retries, arguments.ray_address, storage_given=bool(arguments.storage))
     outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc,
-                              show_progress=not quiet, executor=executor, runs_per_pass=arguments.runs_per_pass)
+                              show_progress=not quiet, executor=executor, runs_per_pass=arguments.runs_per_pass,
+                              lrs=arguments.lrs, min_effect=arguments.min_effect / 100)
     comparison = build_report(base.out)
     print(verdict(comparison))
     for outcome in outcomes:
@@ -326,7 +340,7 @@ def _write_output(path: str, text: str) -> None:
 
 
 def _doctor(arguments: argparse.Namespace) -> int:
-    from lrlab.preview import doctor
+    from lrlab.preview import doctor, doctor_test_set
 
     found = 0
     for spec in arguments.specs:
@@ -336,6 +350,13 @@ def _doctor(arguments: argparse.Namespace) -> int:
             print(f"warning: {line}")
         if not lines:
             print(f"ok: {spec}")
+    if arguments.test_images is not None:
+        if arguments.test_images < 1 or not 0 < arguments.min_effect < 100:
+            raise UsageError("--test-images should be at least 1 and --min-effect between 0 and 100 points")
+        lines = doctor_test_set(arguments.test_images, arguments.min_effect / 100)
+        found += len(lines)
+        for line in lines:
+            print(f"warning: {line}")
     return 1 if found else 0
 
 

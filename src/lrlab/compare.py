@@ -15,12 +15,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from lrlab.comparison import MANIFEST, Variant, read_manifest, run_path
+from lrlab.comparison import DEFAULT_MIN_EFFECT, MANIFEST, Variant, read_manifest, run_path
 from lrlab.config import RunConfig, config_from_dict
 from lrlab.data.loader import batches_per_epoch
 from lrlab.errors import UsageError
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
-from lrlab.preview import doctor
+from lrlab.preview import doctor, doctor_test_set
 from lrlab.runs import RunDirectory
 from lrlab.schedules import NO_SCHEDULE, parse_schedule
 
@@ -37,15 +37,43 @@ def variants_from_specs(specs: list[str]) -> list[Variant]:
     return [Variant(label, spec) for label, spec in zip(labels, specs)]
 
 
+# Schedules that set their own peak LR, ignoring the optimizer's: an LR sweep sets this argument too.
+PEAK_LR_ARGUMENT = {"OneCycleLR": "max_lr", "CyclicLR": "max_lr"}
+
+
+def at_lr(variant: Variant, lr: float, base_optimizer: str) -> Variant:
+    """`variant` run at `lr`: the optimizer's lr is `lr`, and so is the peak (max_lr) of a schedule
+    that sets its own (OneCycleLR, CyclicLR); every other argument of the schedule stays as given."""
+    from lrlab.optimizers import with_lr
+    from lrlab.schedules import parse_schedule
+
+    schedule = variant.schedule
+    argument = PEAK_LR_ARGUMENT.get(parse_schedule(schedule).class_name)
+    if argument:
+        schedule = re.sub(rf"\b{argument}=[^,@]+", f"{argument}={lr!r}", schedule)
+    return Variant(f"{variant.label}/lr={lr:g}", schedule, with_lr(variant.optimizer or base_optimizer, lr), lr=lr,
+                   arm=variant.label)
+
+
+def sweep(variants: list[Variant], lrs: list[float] | None, base_optimizer: str) -> list[Variant]:
+    """Every variant at every LR of `lrs` (or each as it is, without `lrs`)."""
+    if not lrs:
+        return list(variants)
+    if len(set(lrs)) != len(lrs) or any(not lr > 0 for lr in lrs):
+        raise UsageError(f"--lrs {' '.join(map(str, lrs))}: give each LR once, each positive")
+    return [at_lr(variant, lr, base_optimizer) for variant in variants for lr in sorted(lrs)]
+
+
 def run_config(base: RunConfig, variant: Variant, seed: int, out: Path) -> RunConfig:
     return replace(base, schedule=variant.schedule, optimizer=variant.optimizer or base.optimizer,
                    seed=seed, out=str(run_path(out, variant.label, seed)), quiet=True)
 
 
 def _write_manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: list[int], baseline: str,
-                    target_acc: float | None) -> None:
+                    target_acc: float | None, min_effect: float) -> None:
     manifest = {"base_config": {**base.to_dict(), "schedule": "constant", "seed": 0, "out": str(out)},
-                "variants": [asdict(v) for v in variants], "seeds": seeds, "baseline": baseline, "target_acc": target_acc}
+                "variants": [asdict(v) for v in variants], "seeds": seeds, "baseline": baseline, "target_acc": target_acc,
+                "min_effect": min_effect}
     path = out / MANIFEST
     if path.exists():
         existing = read_manifest(out)
@@ -72,12 +100,18 @@ def run_comparison(
     show_progress: bool = True,
     executor: Any = None,
     runs_per_pass: int | str = "auto",
+    lrs: list[float] | None = None,
+    min_effect: float = DEFAULT_MIN_EFFECT,
 ) -> list[GridOutcome]:
-    """Train every variant with every seed into `out`, skipping finished runs and resuming the rest.
+    """Train every variant with every seed (and at every LR of `lrs`) into `out`, skipping finished
+    runs and resuming the rest.
 
     `executor` (from `executors.build_executor`) says where the passes train; by default one after
     another in this process. `runs_per_pass` is how many runs of one seed train together in one
     pass over the data (`auto`: what fits the device, or what pays on the CPU; 1: one at a time).
+    With `lrs` the report picks each schedule's LR on validation data (see `at_lr` for which
+    argument an LR sets). `min_effect` is the smallest accuracy difference (0-1) the user cares
+    about: the report says how many seeds would resolve it.
     """
     from lrlab.engine import load_run_data, split_for_run
 
@@ -90,16 +124,21 @@ def run_comparison(
     baseline = baseline or variants[0].label
     if baseline not in [v.label for v in variants]:
         raise UsageError(f"--baseline {baseline!r} is not one of the schedules: {', '.join(v.label for v in variants)}")
+    arms = variants
+    variants = sweep(arms, lrs, base.optimizer)
     tasks = [GridTask(v.label, s, run_config(base, v, s, out)) for v in variants for s in seeds]
     for task in tasks:
         task.config.validate()
     executor = executor or InProcess()
     RunDirectory(out).check_writable()
     with executor.session(out):
-        _write_manifest(out, base, variants, seeds, baseline, target_acc)
+        _write_manifest(out, base, variants, seeds, baseline, target_acc, min_effect)
         data = load_run_data(base)
-        steps_per_epoch = _steps_per_epoch(base, split_for_run(data, base))
-        for variant in variants:
+        run_data = split_for_run(data, base)
+        steps_per_epoch = _steps_per_epoch(base, run_data)
+        for line in doctor_test_set(len(run_data.test_labels), min_effect):
+            print(f"lrlab: note: {line}", file=sys.stderr)
+        for variant in arms:
             for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
                 print(f"lrlab: note: {line}", file=sys.stderr)
         outcomes = {}

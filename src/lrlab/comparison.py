@@ -13,15 +13,26 @@ from typing import Any
 from lrlab.errors import UsageError
 
 MANIFEST = "comparison.json"
+DEFAULT_MIN_EFFECT = 0.005  # the smallest accuracy difference a user is assumed to care about: half a point
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One arm of a comparison: a schedule, and optionally its own optimizer."""
+    """One arm of a comparison: a schedule, and optionally its own optimizer.
+
+    In an LR sweep (`--lrs`) each arm is run once per LR: those variants carry the `lr` and the
+    label of the `arm` they belong to, and their label names both (`step/lr=0.1`).
+    """
 
     label: str
     schedule: str
     optimizer: str | None = None
+    lr: float | None = None
+    arm: str | None = None
+
+    @property
+    def arm_label(self) -> str:
+        return self.arm or self.label
 
 
 def run_path(out: Path, label: str, seed: int) -> Path:

@@ -155,3 +155,15 @@ def plot_previews(previews: dict[str, list[PreviewRow]], path: str, *, epochs: i
     except OSError as error:
         raise UsageError(f"cannot write {path}: {error.strerror}") from None
     plt.close(figure)
+
+
+def doctor_test_set(test_images: int, min_effect: float) -> list[str]:
+    """One line if a test set of `test_images` is too small to resolve differences of `min_effect` (0-1)."""
+    from lrlab.stats import TYPICAL_DISAGREEMENT, resolvable_difference
+
+    resolution = resolvable_difference(test_images)
+    if resolution <= min_effect:
+        return []
+    return [f"the test set has {test_images} images: its draw alone puts about ±{100 * resolution:.2g} points on a "
+            f"difference between two schedules (if they disagree on {TYPICAL_DISAGREEMENT:.0%} of the images), more "
+            f"than --min-effect {100 * min_effect:g}; use a larger test set to resolve such differences"]

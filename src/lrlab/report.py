@@ -14,11 +14,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from lrlab.aggregate import Comparison, ScheduleResult, aggregate
 from lrlab.comparison import run_path
 from lrlab.config import RUNTIME_ONLY
 from lrlab.runs import RunDirectory
+from lrlab.stats import CONFIDENCE
+
+# A difference over fewer seeds is reported but never called real: two seeds can agree by chance.
+MIN_SEEDS_FOR_VERDICT = 3
 
 PLOTS = ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
 
@@ -29,6 +34,10 @@ def _pct(value: float | None, digits: int = 2) -> str:
 
 def _interval(low: float, high: float) -> str:
     return "n/a (one seed)" if math.isnan(low) else f"[{_pct(low)}, {_pct(high)}]"
+
+
+def _signed(fraction: float) -> str:
+    return f"{100 * fraction:+.2f}"
 
 
 def _reached(values: list) -> str:
@@ -49,6 +58,7 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
         rows.append({
             "schedule": result.label,
             "spec": result.schedule,
+            "picked_lr": "" if result.picked_lr is None else f"{result.picked_lr:g}",
             "seeds_finished": f"{states.count('finished')}/{len(states)}",
             "diverged": str(states.count("diverged")),
             "failed": str(states.count("failed")),
@@ -61,6 +71,8 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
                                  f"{100 * diff.mean:+.2f}" if diff else "n/a"),
             "diff_ci95": _interval(diff.ci_low, diff.ci_high) if diff else "",
             "p_value": "" if not diff or math.isnan(diff.p_value) else f"{diff.p_value:.3g}",
+            "p_holm": "" if not diff or math.isnan(diff.p_adjusted) else f"{diff.p_adjusted:.3g}",
+            "seeds_for_min_effect": "" if not result.seeds_needed else str(result.seeds_needed),
             "epochs_to_target": _reached(result.epochs_to_target),
             "seconds_to_target": _reached(result.seconds_to_target),
             "auc_acc_mean": _pct(auc.mean) if auc else "n/a",
@@ -68,6 +80,11 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
     return rows
 
 
+METHOD = ("Intervals and p-values count both sources of uncertainty, seeds and the draw of the test images, as a "
+          "two-stage sample (Cochran, Sampling Techniques, 1977, ch. 10) with Student's t over seeds; differences are "
+          "paired by seed and by test image. p (Holm): Holm's step-down correction over the comparisons with the "
+          "baseline (statsmodels multipletests); seeds for the minimum effect: a paired t-test power calculation at "
+          "80% power (statsmodels TTestPower).")
 OPTIMISTIC = ("These runs have no validation split (--val-fraction 0, the article's protocol), so their best epochs and "
               "plateau cuts were chosen on the test data, and the best-epoch accuracies are optimistic.")
 
@@ -88,29 +105,45 @@ def verdict(comparison: Comparison) -> str:
     if seeds < 2:
         lines.append("With one seed per schedule no uncertainty can be given: the numbers below are single runs, "
                      "and a difference between them may be noise. Run at least 3 seeds (--seeds 0 1 2) to tell.")
+    if comparison.lrs:
+        on = "validation" if comparison.selected_on == "validation" else "test (no validation split: optimistic)"
+        picks = ", ".join(f"{r.label} {r.picked_lr:g}" for r in comparison.results if r.picked_lr is not None)
+        lines.append(f"Each schedule ran at every LR of {', '.join(f'{lr:g}' for lr in comparison.lrs)}; its LR was picked "
+                     f"by mean final {on} accuracy over seeds ({picks}), and the schedules are compared at their picked "
+                     f"LRs, paired by seed, on test accuracy.")
     lines.append(f"Highest mean final test accuracy: {best.label} ({_pct(best.final_acc.mean)}%, "
                  f"{best.final_acc.n} seed{'s' if best.final_acc.n != 1 else ''}).")
-    better, worse, unclear = [], [], []
-    for result in finished:
+    better, worse, unclear, too_few = [], [], [], []
+    differences = [r for r in finished if r.label != comparison.baseline and r.difference is not None]
+    for result in differences:
         diff = result.difference
-        if result.label == comparison.baseline or diff is None:
-            continue
-        if diff.n < 2 or math.isnan(diff.ci_low):
-            unclear.append(result.label)
-        elif diff.ci_low > 0:
-            better.append(f"{result.label} (+{100 * diff.mean:.2f} points, 95% CI {100 * diff.ci_low:+.2f} to {100 * diff.ci_high:+.2f})")
-        elif diff.ci_high < 0:
-            worse.append(f"{result.label} ({100 * diff.mean:.2f} points, 95% CI {100 * diff.ci_low:+.2f} to {100 * diff.ci_high:+.2f})")
+        shown = f"{result.label} ({100 * diff.mean:+.2f} points, 95% CI {_signed(diff.ci_low)} to {_signed(diff.ci_high)}"
+        if diff.n < MIN_SEEDS_FOR_VERDICT:
+            too_few.append(shown + ")")
+        elif diff.p_adjusted < 1 - CONFIDENCE:
+            (better if diff.mean > 0 else worse).append(f"{shown}, adjusted p {diff.p_adjusted:.2g})")
         else:
-            unclear.append(result.label)
+            needed = f"; with this spread, about {result.seeds_needed} seeds would tell a {100 * comparison.min_effect:g}-point difference" \
+                if result.seeds_needed else ""
+            unclear.append(f"{result.label}{needed}")
     base = comparison.baseline
+    adjusted = (f"Holm-adjusted p < 0.05 over the {len(differences)} comparisons with {base}" if len(differences) > 1
+                else "p < 0.05")
     if better:
-        lines.append(f"Better than {base} beyond the seed-to-seed noise: {'; '.join(better)}.")
+        lines.append(f"Better than {base} ({adjusted}; seeds and test images both counted): {'; '.join(better)}.")
     if worse:
-        lines.append(f"Worse than {base}: {'; '.join(worse)}.")
+        lines.append(f"Worse than {base} ({adjusted}): {'; '.join(worse)}.")
     if unclear:
-        lines.append(f"Not distinguishable from {base} with these seeds (the interval of the difference includes zero): "
-                     f"{', '.join(unclear)}.")
+        lines.append(f"Not distinguishable from {base} with these seeds (adjusted p >= 0.05; the interval includes zero "
+                     f"or nearly): {', '.join(unclear)}.")
+    if too_few:
+        lines.append(f"Fewer than {MIN_SEEDS_FOR_VERDICT} seeds, so no difference is called real: {'; '.join(too_few)}.")
+    blurred = [r for r in differences if 1.96 * r.difference.image_se > comparison.min_effect]
+    if blurred:
+        widest = max(1.96 * r.difference.image_se for r in blurred)
+        lines.append(f"The test set ({comparison.test_images} images) is too small to resolve "
+                     f"{100 * comparison.min_effect:g}-point differences: its draw alone puts up to ±{100 * widest:.2g} "
+                     f"points on these differences, however many seeds are run.")
     if comparison.selected_on == "test":
         lines.append(OPTIMISTIC)
     problems = [f"{r.label} ({', '.join(f'seed {s} {st}' for s, st in r.states.items() if st != 'finished')})"
@@ -123,6 +156,22 @@ def verdict(comparison: Comparison) -> str:
     return " ".join(lines)
 
 
+def readable_table(comparison: Comparison, rows: list[dict[str, str]]) -> tuple[list[str], list[list]]:
+    """The summary as people read it (summary.md and report.html): headers, then per schedule its
+    (label, spec) pair and the other cells as text."""
+    sweep = bool(comparison.lrs)
+    headers = ["schedule", *(["LR (picked on validation)"] if sweep else []), "final acc % (mean ± sd)", "95% CI",
+               _best_epoch_header(comparison), f"vs {comparison.baseline} (points)", "95% CI of difference", "p",
+               "p (Holm)", f"epochs to {_pct(comparison.target_acc)}%", "mean acc over training %"]
+    table = []
+    for row in rows:
+        table.append([(row["schedule"], row["spec"]), *([row["picked_lr"]] if sweep else []),
+                      f"{row['final_acc_mean']} ± {row['final_acc_std']}", row["final_acc_ci95"],
+                      row["best_epoch_test_acc_mean"], row["diff_vs_baseline"], row["diff_ci95"], row["p_value"],
+                      row["p_holm"], row["epochs_to_target"], row["auc_acc_mean"]])
+    return headers, table
+
+
 def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
     rows = summary_rows(comparison)
     csv_path, md_path = comparison.out / "summary.csv", comparison.out / "summary.md"
@@ -131,28 +180,27 @@ def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(rows)
     RunDirectory(comparison.out).write_text(csv_path, text.getvalue())
-    headers = ["schedule", "final acc % (mean ± sd)", "95% CI", _best_epoch_header(comparison), f"vs {comparison.baseline} (points)",
-               "95% CI of difference", "p (paired t)", f"epochs to {_pct(comparison.target_acc)}%", "mean acc over training %"]
+    headers, table = readable_table(comparison, rows)
     lines = [f"# Schedule comparison: {comparison.out.name}", "", verdict(comparison), "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        cells = [f"`{row['spec']}`" if row["schedule"] == row["spec"] else f"{row['schedule']} (`{row['spec']}`)",
-                 f"{row['final_acc_mean']} ± {row['final_acc_std']}", row["final_acc_ci95"], row["best_epoch_test_acc_mean"],
-                 row["diff_vs_baseline"], row["diff_ci95"], row["p_value"], row["epochs_to_target"], row["auc_acc_mean"]]
+    for cells in table:
+        cells = [f"`{cells[0][1]}`" if cells[0][0] == cells[0][1] else f"{cells[0][0]} (`{cells[0][1]}`)", *cells[1:]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", (f"Target accuracy for 'epochs to': {_pct(comparison.target_acc)}% "
-                   f"(the {comparison.baseline} schedule's mean final accuracy unless --target-acc was given).")]
+                   f"(the {comparison.baseline} schedule's mean final accuracy unless --target-acc was given)."),
+              "", METHOD]
     RunDirectory(comparison.out).write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
-def _band(ax, result: ScheduleResult, column: str, scale: float = 1.0) -> None:
+def _band(ax, result: ScheduleResult, column: str, scale: float = 1.0, first_epoch: int = 1) -> None:
     curves = [result.curves[s] for s in result.finished_seeds if s in result.curves]
     if not curves:
         return
     length = min(len(c) for c in curves)
-    epochs = [row["epoch"] for row in curves[0][:length]]
-    values = [[c[i][column] * scale for c in curves] for i in range(length)]
+    shown = [i for i in range(length) if curves[0][i]["epoch"] >= first_epoch]
+    epochs = [curves[0][i]["epoch"] for i in shown]
+    values = [[c[i][column] * scale for c in curves] for i in shown]
     means = [sum(v) / len(v) for v in values]
     line, = ax.plot(epochs, means, label=f"{result.label} (n={len(curves)})")
     if len(curves) > 1:
@@ -161,6 +209,8 @@ def _band(ax, result: ScheduleResult, column: str, scale: float = 1.0) -> None:
 
 def _figure(title: str, xlabel: str, ylabel: str):
     figure, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if xlabel == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -203,7 +253,11 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
             _band(ax, result, column, scale)
         ax.legend(fontsize=8)
         written[column] = _save(figure, folder, column)
-    figure, ax = _figure("Final test accuracy: mean and 95% interval over seeds", "test accuracy (%)", "")
+        if column == "test_acc" and comparison.epochs >= 4:
+            written["test_acc_last_epochs"] = _last_epochs(comparison, folder)
+    if comparison.lrs:
+        written["acc_vs_lr"] = _accuracy_against_lr(comparison, folder)
+    figure, ax = _figure("Final test accuracy: mean and 95% interval", "test accuracy (%)", "")
     shown = [r for r in results if r.final_acc]
     for index, result in enumerate(shown):
         final = result.final_acc
@@ -212,6 +266,7 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
         finals = [result.curves[s][-1]["test_acc"] * 100 for s in result.finished_seeds]
         ax.scatter(finals, [index] * len(finals), s=12, color="grey", zorder=3)
     ax.set_yticks(range(len(shown)), [r.label for r in shown])
+    ax.set_xlim(right=min(100.0, ax.get_xlim()[1]))
     ax.set_ylabel("")
     written["final_acc"] = _save(figure, folder, "final_acc")
     return written
@@ -233,13 +288,46 @@ def configuration(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def _last_epochs(comparison: Comparison, folder: Path) -> Path:
+    """The test accuracy of the last quarter of the epochs (at least 3), on a scale where the curves part."""
+    first = comparison.epochs - max(3, comparison.epochs // 4) + 1
+    figure, ax = _figure(f"Test accuracy, epochs {first} to {comparison.epochs} (zoomed)", "epoch", "test accuracy (%)")
+    for result in comparison.results:
+        _band(ax, result, "test_acc", 100, first_epoch=first)
+    ax.legend(fontsize=8)
+    return _save(figure, folder, "test_acc_last_epochs")
+
+
+def _accuracy_against_lr(comparison: Comparison, folder: Path) -> Path:
+    """How forgiving each schedule is of its LR: final accuracy at every LR of the sweep, the picked one ringed."""
+    column = "val_acc" if comparison.selected_on == "validation" else "test_acc"
+    name = "validation" if column == "val_acc" else "test"
+    figure, ax = _figure(f"Final {name} accuracy against LR (line: mean over seeds; band: min to max)",
+                         "learning rate (log scale)", f"final {name} accuracy (%)")
+    for result in comparison.results:
+        points = [p for p in result.sweep if p.test_acc]
+        if not points:
+            continue
+        values = [[100 * v for v in (p.val_acc if column == "val_acc" else p.test_acc).values()] for p in points]
+        lrs = [p.lr for p in points]
+        line, = ax.plot(lrs, [sum(v) / len(v) for v in values], marker="o", label=result.label)
+        ax.fill_between(lrs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
+        picked = [i for i, p in enumerate(points) if p.lr == result.picked_lr]
+        for i in picked:
+            ax.plot([lrs[i]], [sum(values[i]) / len(values[i])], marker="o", markersize=12, fillstyle="none",
+                    color=line.get_color())
+    ax.set_xscale("log")
+    ax.legend(fontsize=8, title="ringed: picked LR", title_fontsize=8)
+    return _save(figure, folder, "acc_vs_lr")
+
+
 def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
     """One file with everything inline: no script, no remote resource, every user string escaped."""
-    rows = summary_rows(comparison)
-    columns = list(rows[0])
-    table = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
-    for row in rows:
-        table.append("<tr>" + "".join(f"<td>{html.escape(row[c])}</td>" for c in columns) + "</tr>")
+    headers, cells = readable_table(comparison, summary_rows(comparison))
+    table = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in headers) + "</tr></thead><tbody>"]
+    for (label, spec), *rest in cells:
+        name = html.escape(label) + ("" if label == spec else f"<br><code>{html.escape(spec)}</code>")
+        table.append(f"<tr><td>{name}</td>" + "".join(f"<td>{html.escape(c)}</td>" for c in rest) + "</tr>")
     table.append("</tbody></table>")
     images = []
     for name, path in plots.items():
@@ -248,7 +336,7 @@ def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
     configs = []
     for result in comparison.results:
         for seed in result.seeds:
-            config_path = run_path(comparison.out, result.label, seed) / "config.yaml"
+            config_path = result.paths.get(seed, run_path(comparison.out, result.label, seed)) / "config.yaml"
             text = config_path.read_text() if config_path.exists() else "(not started)"
             configs.append(f"<details><summary>{html.escape(result.label)} seed {seed}: "
                            f"{html.escape(result.states.get(seed, 'missing'))}</summary><pre>{html.escape(text)}</pre></details>")
@@ -258,10 +346,11 @@ def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <title>lrlab report: {html.escape(comparison.out.name)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }} th, td {{ border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; }}
-th {{ background: #f3f3f3; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }} pre {{ background: #f7f7f7; padding: 0.5em; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1260px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }} th, td {{ border: 1px solid #ccc; padding: 0.3em 0.4em; text-align: right; }}
+th {{ font-weight: 600; vertical-align: bottom; }} td code {{ font-size: 0.9em; color: #555; }}
+th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
+figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 600px; }} pre {{ background: #f7f7f7; padding: 0.5em; }}
 .verdict {{ background: #eef5ff; padding: 0.8em 1em; border-left: 4px solid #36c; }}
 </style></head><body>
 <h1>Which learning-rate schedule? {html.escape(comparison.out.name)}</h1>
