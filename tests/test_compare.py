@@ -434,6 +434,13 @@ def test_the_verdict_calls_a_difference_real_only_on_its_holm_adjusted_p():
     assert "a (+2.00 points, 95% CI +1.00 to +3.00, adjusted p 0.002)" in text
 
 
+def test_a_large_test_set_resolves_half_a_point_and_a_small_one_does_not():
+    from lrlab.preview import resolvable_difference
+
+    # 1.96 * sqrt(0.05 / N): 0.44 points for 10,000 images, 2.3 points for digits' 360.
+    assert resolvable_difference(10_000) == pytest.approx(0.00438, abs=1e-5) and resolvable_difference(360) > 0.02
+
+
 def test_doctor_says_when_a_test_set_cannot_resolve_the_minimum_effect(capsys):
     assert main(["doctor", "constant", "--test-images", "6"]) == 1
     assert "the test set has 6 images" in capsys.readouterr().out

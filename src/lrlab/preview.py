@@ -6,11 +6,13 @@ with exactly the calls the engine makes, so a preview matches what training logs
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from statistics import NormalDist
 
 import torch
 
@@ -157,10 +159,19 @@ def plot_previews(previews: dict[str, list[PreviewRow]], path: str, *, epochs: i
     plt.close(figure)
 
 
+# The share of test images two similar schedules typically classify differently; sets how small a
+# difference a test set can resolve before any run.
+TYPICAL_DISAGREEMENT = 0.05
+
+
+def resolvable_difference(test_images: int, disagreement: float = TYPICAL_DISAGREEMENT) -> float:
+    """The 95% half-width a test set of `test_images` alone puts on a paired difference between two
+    schedules that classify `disagreement` of its images differently (whatever the number of seeds)."""
+    return NormalDist().inv_cdf(0.975) * math.sqrt(disagreement / test_images)
+
+
 def doctor_test_set(test_images: int, min_effect: float) -> list[str]:
     """One line if a test set of `test_images` is too small to resolve differences of `min_effect` (0-1)."""
-    from lrlab.stats import TYPICAL_DISAGREEMENT, resolvable_difference
-
     resolution = resolvable_difference(test_images)
     if resolution <= min_effect:
         return []

@@ -27,9 +27,6 @@ from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 POWER = 0.8
-# The share of test images two similar schedules typically classify differently; sets how small a
-# difference a test set can resolve before any run (`resolvable_difference`).
-TYPICAL_DISAGREEMENT = 0.05
 
 
 @dataclass(frozen=True)
@@ -135,12 +132,6 @@ def seeds_to_resolve(min_effect: float, seed_std: float) -> int | None:
         warnings.simplefilter("ignore")
         needed = TTestPower().solve_power(effect_size=min_effect / seed_std, alpha=1 - CONFIDENCE, power=POWER)
     return max(2, math.ceil(float(numpy.asarray(needed).item())))
-
-
-def resolvable_difference(test_images: int, disagreement: float = TYPICAL_DISAGREEMENT) -> float:
-    """The 95% half-width a test set of `test_images` alone puts on a paired difference between two
-    schedules that classify `disagreement` of its images differently (whatever the number of seeds)."""
-    return scipy_stats.norm.ppf(0.5 + CONFIDENCE / 2) * math.sqrt(disagreement / test_images)
 
 
 def epochs_to_target(accuracies: Sequence[float], target: float) -> int | None:
