@@ -317,6 +317,8 @@ def _accuracy_against_lr(comparison: Comparison, folder: Path) -> Path:
             ax.plot([lrs[i]], [sum(values[i]) / len(values[i])], marker="o", markersize=12, fillstyle="none",
                     color=line.get_color())
     ax.set_xscale("log")
+    ax.set_xticks(comparison.lrs, [f"{lr:g}" for lr in comparison.lrs])
+    ax.minorticks_off()
     ax.legend(fontsize=8, title="ringed: picked LR", title_fontsize=8)
     return _save(figure, folder, "acc_vs_lr")
 
