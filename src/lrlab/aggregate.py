@@ -108,7 +108,7 @@ class _Runs:
         return [s for s in seeds if self.states[s] == "finished" and s in self.curves]
 
 
-def _read_runs(out: Path, variant: Variant, seeds: list[int]) -> _Runs:
+def _read_runs(out: Path, variant: Variant, seeds: list[int], epochs: int) -> _Runs:
     runs = _Runs(variant, {}, {}, {}, {}, {})
     for seed in seeds:
         run = RunDirectory(run_path(out, variant.label, seed))
@@ -118,6 +118,8 @@ def _read_runs(out: Path, variant: Variant, seeds: list[int]) -> _Runs:
         if status.get("retries"):
             runs.retries[seed] = status["retries"]
         rows = run.read_metrics()
+        if runs.states[seed] == "finished" and len(rows) < epochs:
+            runs.states[seed] = "incomplete"  # its metrics.csv lost rows since it finished
         correct = run.read_correctness()
         if correct:
             runs.correct[seed] = correct
@@ -162,7 +164,7 @@ def aggregate(out: str | Path) -> Comparison:
     seeds = manifest["seeds"]
     arms: dict[str, list[_Runs]] = {}
     for variant in variants:
-        arms.setdefault(variant.arm_label, []).append(_read_runs(out, variant, seeds))
+        arms.setdefault(variant.arm_label, []).append(_read_runs(out, variant, seeds, base.epochs))
     picked = {label: _pick(arm_runs, seeds) for label, arm_runs in arms.items()}
     finals: dict[str, dict[int, float]] = {
         label: {s: runs.curves[s][-1]["test_acc"] for s in runs.finished(seeds)} for label, (runs, _) in picked.items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 from lrlab import __version__
 from lrlab.comparison import PRESETS
 from lrlab.config import RunConfig, config_from_dict, load_config
-from lrlab.errors import UsageError
+from lrlab.errors import MESSAGE_LIMIT, UsageError, clip
 
 HELP = {
     "dataset": "data set: fashion-mnist, mnist, cifar10, cifar100, digits, synthetic or folder:PATH",
@@ -236,6 +236,7 @@ def _compare(arguments: argparse.Namespace) -> int:
     from lrlab.compare import comparison_lr, run_comparison, variants_from_specs
     from lrlab.executors import build_executor
     from lrlab.report import build_report, verdict
+    from lrlab.runs import RunDirectory
 
     if bool(arguments.preset) == bool(arguments.schedules):
         raise UsageError("give either --preset NAME or --schedules SPEC ... (not both)")
@@ -260,16 +261,19 @@ def _compare(arguments: argparse.Namespace) -> int:
         raise UsageError(f"--min-effect {arguments.min_effect} should be in points of accuracy, between 0 and 100 (e.g. 0.5)")
     if arguments.lr is not None and arguments.lrs:
         raise UsageError("give either --lr (one LR for every run) or --lrs (a sweep), not both")
-    if arguments.lr is not None:
-        base = replace(base, optimizer=comparison_lr(arguments.lr, base))
     if arguments.storage and not Path(base.out).is_absolute():
         base = replace(base, out=str(Path(arguments.storage) / base.out))
     executor = build_executor(arguments.backend, arguments.workers, arguments.cpus_per_run, arguments.gpus_per_run,
                               arguments.max_retries, arguments.ray_address, storage_given=bool(arguments.storage))
-    outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc,
-                              show_progress=not quiet, executor=executor, runs_per_pass=arguments.runs_per_pass,
-                              lrs=arguments.lrs, min_effect=arguments.min_effect / 100)
-    comparison = build_report(base.out)
+    # Held from before --lr auto writes its range test until the report is written: a second
+    # comparison on the same --out is refused before it touches anything.
+    with RunDirectory(base.out).locked():
+        if arguments.lr is not None:
+            base = replace(base, optimizer=comparison_lr(arguments.lr, base))
+        outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc,
+                                  show_progress=not quiet, executor=executor, runs_per_pass=arguments.runs_per_pass,
+                                  lrs=arguments.lrs, min_effect=arguments.min_effect / 100)
+        comparison = build_report(base.out)
     print(verdict(comparison))
     for outcome in outcomes:
         if outcome.retries:
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[arguments.command](arguments)
     except UsageError as error:
-        print(f"lrlab {arguments.command}: error: {error}", file=sys.stderr)
+        print(clip(f"lrlab {arguments.command}: error: {error}", MESSAGE_LIMIT), file=sys.stderr)
         return 2
     except Terminated:
         return 143

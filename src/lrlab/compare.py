@@ -18,7 +18,7 @@ from typing import Any
 from lrlab.comparison import DEFAULT_MIN_EFFECT, MANIFEST, Variant, read_manifest, run_path
 from lrlab.config import RunConfig, config_from_dict
 from lrlab.data.loader import batches_per_epoch
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
 from lrlab.preview import doctor, doctor_test_set
 from lrlab.runs import RunDirectory
@@ -130,40 +130,54 @@ def run_comparison(
     for task in tasks:
         task.config.validate()
     executor = executor or InProcess()
-    RunDirectory(out).check_writable()
-    with executor.session(out):
-        _write_manifest(out, base, variants, seeds, baseline, target_acc, min_effect)
-        data = load_run_data(base)
-        run_data = split_for_run(data, base)
-        steps_per_epoch = _steps_per_epoch(base, run_data)
-        for line in doctor_test_set(len(run_data.test_labels), min_effect):
-            print(f"lrlab: note: {line}", file=sys.stderr)
-        for variant in arms:
-            for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
+    folder = RunDirectory(out)
+    with folder.locked():  # held from before anything is decided about the folder until every run has ended
+        _refuse_foreign_files(folder, variants)
+        with executor.session(out):
+            _write_manifest(out, base, variants, seeds, baseline, target_acc, min_effect)
+            data = load_run_data(base)
+            run_data = split_for_run(data, base)
+            steps_per_epoch = _steps_per_epoch(base, run_data)
+            for line in doctor_test_set(len(run_data.test_labels), min_effect):
                 print(f"lrlab: note: {line}", file=sys.stderr)
-        outcomes = {}
-        waiting = []
-        for task in tasks:
-            status = RunDirectory(task.config.out).read_status()
-            if status.get("state") in ("finished", "diverged"):
-                outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"], status.get("reason", ""))
-            else:
-                waiting.append(task)
-        passes, plan = plan_passes(waiting, runs_per_pass, base, data)
-        progress = GridProgress(tasks, base.epochs, show_progress)
-        for line in plan:
-            progress.say(line)
-        paths = {(task.label, task.seed): task.config.out for task in tasks}
-        try:
-            for outcome in executor.run(passes, progress, data):
-                outcomes[outcome.label, outcome.seed] = outcome
-                if outcome.retries:
-                    RunDirectory(paths[outcome.label, outcome.seed]).add_to_status(retries=outcome.retries)
-                if outcome.state in ("diverged", "failed"):
-                    progress.say(f"lrlab: {outcome.label} seed {outcome.seed} {outcome.state}: {outcome.reason}")
-        finally:
-            progress.close()
+            for variant in arms:
+                for line in doctor(variant.schedule, base.epochs, steps_per_epoch):
+                    print(f"lrlab: note: {line}", file=sys.stderr)
+            outcomes = {}
+            waiting = []
+            for task in tasks:
+                status = RunDirectory(task.config.out).read_status()
+                if status.get("state") in ("finished", "diverged"):
+                    outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"], status.get("reason", ""))
+                else:
+                    waiting.append(task)
+            passes, plan = plan_passes(waiting, runs_per_pass, base, data)
+            progress = GridProgress(tasks, base.epochs, show_progress)
+            for line in plan:
+                progress.say(line)
+            paths = {(task.label, task.seed): task.config.out for task in tasks}
+            try:
+                for outcome in executor.run(passes, progress, data):
+                    outcomes[outcome.label, outcome.seed] = outcome
+                    if outcome.retries:
+                        RunDirectory(paths[outcome.label, outcome.seed]).add_to_status(retries=outcome.retries)
+                    if outcome.state in ("diverged", "failed"):
+                        progress.say(f"lrlab: {outcome.label} seed {outcome.seed} {outcome.state}: {outcome.reason}")
+            finally:
+                progress.close()
     return [outcomes[task.label, task.seed] for task in tasks]
+
+
+def _refuse_foreign_files(folder: RunDirectory, variants: list[Variant]) -> None:
+    """A new comparison goes only into an empty folder, or one holding what an earlier attempt left."""
+    folder.check_writable()
+    if (folder.path / MANIFEST).exists():
+        return
+    ours = {"lr_find", *(v.label for v in variants)}
+    foreign = [name for name in folder.foreign_files() if name not in ours]
+    if foreign:
+        raise UsageError(f"{folder.path} holds files lrlab did not make ({', '.join(clip(n, 40) for n in foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new --out for the comparison")
 
 
 def parse_runs_per_pass(text: str | int) -> int | str:

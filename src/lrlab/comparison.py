@@ -41,13 +41,34 @@ def run_path(out: Path, label: str, seed: int) -> Path:
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
-    """The comparison's record of its base config, arms, seeds and baseline, as `lrlab compare` wrote it."""
+    """comparison.json, checked: a base config, at least one variant with a label and a schedule, seeds."""
+    path = Path(out) / MANIFEST
+    if not Path(out).is_dir():
+        raise UsageError(f"{out} is not a folder; give the --out folder of an lrlab compare")
+    damaged = f"{path} is damaged or not lrlab's; run lrlab compare again with the same --out to rewrite it"
     try:
-        return json.loads((Path(out) / MANIFEST).read_text())
+        manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise UsageError(f"{out} holds no comparison ({MANIFEST} is missing); run lrlab compare first") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
     except ValueError:
-        raise UsageError(f"{Path(out) / MANIFEST} is damaged; run lrlab compare again with the same --out") from None
+        raise UsageError(damaged) from None
+    variants = manifest.get("variants") if isinstance(manifest, dict) else None
+    seeds = manifest.get("seeds") if isinstance(manifest, dict) else None
+    if (not isinstance(manifest.get("base_config") if isinstance(manifest, dict) else None, dict)
+            or not isinstance(variants, list) or not variants
+            or not all(isinstance(v, dict) and set(v) <= {"label", "schedule", "optimizer"}
+                       and isinstance(v.get("label"), str) and isinstance(v.get("schedule"), str) for v in variants)
+            or not isinstance(seeds, list) or not seeds
+            or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)
+            or manifest.get("baseline") not in [v["label"] for v in variants]):
+        raise UsageError(damaged)
+    for variant in variants:
+        label = variant["label"]
+        if label in ("", ".", "..") or any(c in label for c in "/\\\0"):
+            raise UsageError(damaged)  # a label is a folder name; '..' or '/' would lead out of the comparison
+    return manifest
 
 
 @dataclass(frozen=True)

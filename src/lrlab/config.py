@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip
 from lrlab.specs import suggestion
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -22,6 +23,13 @@ GRAPH_CAPTURE = ("auto", "on", "off")
 AUGMENTATIONS = ("none", "flip", "crop+flip", "crop")
 DEFAULT_BUDGET_FRACTION = 0.25
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# What one machine can be asked for; beyond these a value is a typo, and refusing it at once beats
+# a hang or an out-of-memory kill hours later. The README's "What lrlab guarantees" lists them.
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1  # the data order draws from seed * 1_000_003 + epoch, which must stay a 64-bit seed
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH_SIZE = 2**20
+MAX_CONFIG_BYTES = 1_000_000
 # Fields that change how a run is carried out, not what it computes; a resume may change them.
 RUNTIME_ONLY = ("device", "graph_capture", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers")
 
@@ -66,7 +74,15 @@ class RunConfig:
         for field in fields(self):
             value = getattr(self, field.name)
             if not _fits(value, hints[field.name]):
-                raise UsageError(f"{field.name}: {value!r} should be {_type_name(hints[field.name])}")
+                raise UsageError(f"{field.name}: {clip(repr(value), 60)} should be {_type_name(hints[field.name])}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{field.name}: {clip(ascii(value), 60)} is not valid UTF-8; lrlab writes it into "
+                                     f"its files and reports, so give a name in UTF-8") from None
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
         for name, value in positive.items():
             if value < 1:
@@ -78,6 +94,12 @@ class RunConfig:
         if self.data_workers is not None and self.data_workers < 0:
             raise UsageError(f"data_workers must be zero or positive, got {self.data_workers}")
         memory_budget_bytes(self.memory_budget)
+        limits = {"epochs": MAX_EPOCHS, "seed": MAX_SEED, "image_size": MAX_IMAGE_SIZE, "batch_size": MAX_BATCH_SIZE,
+                  "eval_batch_size": MAX_BATCH_SIZE, "split_seed": MAX_SEED}
+        for name, limit in limits.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise UsageError(f"{name} {clip(value, 30)} is more than lrlab accepts ({limit}); give a smaller {name}")
         if self.seed < 0:
             raise UsageError(f"seed must be zero or positive, got {self.seed}")
         if not 0 <= self.val_fraction < 1:
@@ -91,7 +113,7 @@ class RunConfig:
         for name, allowed in (("augment", AUGMENTATIONS), ("device", DEVICES), ("precision", PRECISIONS),
                               ("graph_capture", GRAPH_CAPTURE)):
             if getattr(self, name) not in allowed:
-                raise UsageError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise UsageError(f"{name}: {clip(repr(getattr(self, name)), 40)} is not one of {', '.join(allowed)}")
         from lrlab.optimizers import parse_optimizer
         from lrlab.schedules import parse_schedule
 
@@ -150,7 +172,7 @@ def config_from_dict(values: dict[str, Any], where: str) -> RunConfig:
     values = {k: v for k, v in values.items() if k != "versions"}
     for key in values:
         if key not in known:
-            raise UsageError(f"{where}: unknown key {key!r}{suggestion(key, known)}")
+            raise UsageError(f"{where}: unknown key {clip(repr(key), 40)}{suggestion(str(key), known)}")
     config = RunConfig(**values)
     try:
         return config.validate()
@@ -158,17 +180,37 @@ def config_from_dict(values: dict[str, Any], where: str) -> RunConfig:
         raise UsageError(f"{where}: {error}") from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases: a config never needs them, and a few hundred
+    bytes of nested aliases expand into gigabytes wherever the value is printed or compared."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: aliases (*name) are not accepted in lrlab configs; write the value out")
+        return super().compose_node(parent, index)
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a run's YAML file (as written into every run directory, or by hand)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise UsageError(f"config {path} is not a regular file; give a YAML file")
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise UsageError(f"cannot read config {path}: {error.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(f"config {path} is larger than {MAX_CONFIG_BYTES} bytes; a run's YAML is a few lines")
     try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config {path} is not UTF-8 text; give a YAML file (restore it if lrlab wrote it)") from None
+    try:
+        values = yaml.load(text, Loader=_NoAliasLoader) or {}
+    except (yaml.YAMLError, RecursionError) as error:
+        raise UsageError(f"{path} is not valid YAML: {clip(str(error).splitlines()[0] if str(error) else type(error).__name__, 160)}") from None
     if not isinstance(values, dict):
         raise UsageError(f"{path} should hold key: value lines, e.g. 'schedule: step:step_size=5'")
     return config_from_dict(values, str(path))

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -25,12 +26,12 @@ from torch import nn
 from tqdm import tqdm
 
 from lrlab import __version__, distributed, lrfinder
-from lrlab.config import RunConfig, config_yaml, load_config
+from lrlab.config import RUNTIME_ONLY, RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData, load_dataset
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip
 from lrlab.foreach_sgd import ARGUMENTS as FOREACH_SGD_ARGUMENTS
 from lrlab.foreach_sgd import ForeachSGD
-from lrlab.models import build_model
+from lrlab.models import build_model, training_bytes
 from lrlab.optimizers import (
     build_optimizer,
     is_schedule_free,
@@ -44,6 +45,11 @@ from lrlab.schedules import ScheduleDriver, parse_schedule
 from lrlab.steps import GraphedStep, eager_step
 
 CHECKPOINT_FORMAT = 1
+# What restore() reads from last.pt, and the type each must have.
+CHECKPOINT_FIELDS = {
+    "config": dict, "epoch": int, "best_selection_acc": (int, float), "best_epoch": int, "elapsed_seconds": (int, float),
+    "model": dict, "optimizer": dict, "schedule": dict, "rng": dict,
+}
 
 
 class Diverged(Exception):
@@ -322,6 +328,13 @@ def deterministic_algorithms(wanted: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
 
 
+def device_memory_bytes(device: torch.device) -> int:
+    """All the memory of `device`: the GPU's own, or the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def versions() -> dict[str, str]:
     # torchvision's version from its metadata: importing it takes seconds, and a run may not need it.
     return {"lrlab": __version__, "torch": str(torch.__version__), "torchvision": importlib.metadata.version("torchvision")}
@@ -347,15 +360,29 @@ class Trainer:
     """Builds a run from its config and carries it out, epoch by epoch, into a run directory."""
 
     def __init__(self, config: RunConfig, data: ImageData | None = None, resume: bool = False, overwrite: bool = False,
-                 on_epoch: Callable[[int, dict[str, float]], None] | None = None):
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None, take_over_lock: bool = False):
+        """`take_over_lock` is for an executor retrying a run whose worker it knows is dead."""
         self.config = config.validate()
         self.on_epoch = on_epoch
         self.ranks = distributed.from_environment()
         self.run = RunDirectory(config.out) if self.ranks.main else FollowerRun(config.out)
         self.quiet = config.quiet or not self.ranks.main
+        if resume and overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; pick one")
         self.resume, self.overwrite = resume, overwrite
-        if self.ranks.main:
-            self._check_run_directory()
+        # The lock comes before every look at the folder and is held across lr=auto's range test, so
+        # what is decided about the folder stays true until fit() has written the run.
+        self.release_lock = weakref.finalize(self, self.run.acquire_lock(take_over_lock))
+        try:
+            if self.ranks.main:
+                self._check_run_directory()
+            self._assemble(data)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _assemble(self, data: ImageData | None) -> None:
+        config = self.config
         self.device = distributed.start(self.ranks, resolve_device(config.device), chosen_automatically=config.device == "auto")
         # Measured here: bf16 autocast with channels-last halves a small conv net's epoch on the CPU,
         # as it speeds up CUDA; MPS autocast support is patchy, so it stays in fp32.
@@ -382,6 +409,10 @@ class Trainer:
             for split, images in splits.items() if images is not None
         }
         self.test_loader = self.evaluation_loaders["test"]
+        if len(self.train_loader) == 0:
+            raise UsageError(f"{len(self.data.train_labels)} training image(s) make no batch (a batch needs at least 2, "
+                             f"for BatchNorm); give --limit-train 2 or more")
+        self._check_footprint()
         # The seed fixes the initial weights, so every schedule in a comparison starts alike.
         torch.manual_seed(config.seed)
         model = build_model(config.model, self.data.channels, self.data.image_size, self.data.num_classes, config.width)
@@ -411,6 +442,19 @@ class Trainer:
         self.best = BestEpoch(self.run)
         self.elapsed_seconds = 0.0
 
+    def _check_footprint(self) -> None:
+        """Refuse, before building anything, a model and batch that this device cannot hold while training."""
+        config = self.config
+        needed = training_bytes(config.model, self.data.channels, self.data.image_size, self.data.num_classes,
+                                config.width, config.batch_size)
+        available = device_memory_bytes(self.device)
+        if needed is not None and needed > available:
+            height, width = self.data.image_size
+            raise UsageError(f"training {config.model} (width {config.width or 'default'}) on {height}x{width} images in "
+                             f"batches of {config.batch_size} needs about {needed / 2**30:,.1f} GiB, more than the "
+                             f"{available / 2**30:,.1f} GiB of {self.device.type} memory here; give a smaller --width, "
+                             f"--image-size or --batch-size")
+
     def range_test(self, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
                    diverge: float = 4.0) -> lrfinder.RangeTest:
         """An LR range test on this run's model and batches; nothing of the run is changed by it."""
@@ -422,7 +466,14 @@ class Trainer:
         """lr=auto: the range test's pick, recorded in the run directory (and reused on resume)."""
         record = self.run.path / "lr_find.json"
         if self.resume and record.exists():
-            return json.loads(record.read_text())["pick"]
+            try:
+                pick = json.loads(record.read_bytes())["pick"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pick = None
+            if isinstance(pick, bool) or not isinstance(pick, (int, float)) or not 0 < pick < math.inf:
+                raise UsageError(f"{record} is damaged (no positive LR under 'pick'); delete it and resume: "
+                                 "the range test runs again")
+            return pick
         test = self.range_test()
         picked = lrfinder.write_outputs(self.run.path, [test])["pick"]
         if not self.quiet:
@@ -494,23 +545,40 @@ class Trainer:
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Put model, optimizer, schedule, RNG and counters back as `last.pt` recorded them."""
+        path = self.run.last_path
         if not isinstance(checkpoint, dict) or "format" not in checkpoint:
-            raise UsageError(f"{self.run.last_path} is not an lrlab checkpoint; start afresh with --overwrite")
+            raise UsageError(f"{path} is not an lrlab checkpoint; start afresh with --overwrite")
         if checkpoint["format"] != CHECKPOINT_FORMAT:
             raise UsageError(
-                f"{self.run.last_path} was written by lrlab {checkpoint.get('lrlab_version', '(unknown version)')} in checkpoint "
-                f"format {checkpoint['format']}, and lrlab {__version__} reads format {CHECKPOINT_FORMAT}; resume it with "
+                f"{path} was written by lrlab {clip(checkpoint.get('lrlab_version', '(unknown version)'), 20)} in checkpoint "
+                f"format {clip(checkpoint['format'], 20)}, and lrlab {__version__} reads format {CHECKPOINT_FORMAT}; resume it with "
                 f"that lrlab version, or start afresh with --overwrite")
+        for key, kind in CHECKPOINT_FIELDS.items():
+            value = checkpoint.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise UsageError(f"{path} is damaged ({key} is {'missing' if key not in checkpoint else 'of the wrong type'}); "
+                                 "start afresh with --overwrite")
+        if not 0 <= checkpoint["epoch"] <= self.config.epochs:
+            raise UsageError(f"{path} is damaged (epoch {checkpoint['epoch']} is outside the run's "
+                             f"{self.config.epochs}); start afresh with --overwrite")
+        saved = checkpoint["config"]
+        current = self.config.to_dict()
+        changed = [k for k in current if k not in RUNTIME_ONLY and k in saved and saved[k] != current[k]]
+        if changed:
+            raise UsageError(f"{path} was saved by a run with a different {', '.join(changed)} than this one "
+                             f"({self.run.config_path} or the command changed since); put the settings back, "
+                             f"or start afresh with --overwrite")
         try:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.schedule.load_state_dict(checkpoint["schedule"])
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise UsageError(f"{self.run.last_path} does not fit this run's model or optimizer "
-                             f"({str(error).splitlines()[0][:120]}); start afresh with --overwrite") from None
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+            raise UsageError(f"{path} does not fit this run's model or optimizer "
+                             f"({clip(str(error).splitlines()[0] if str(error) else type(error).__name__, 120)}); "
+                             "start afresh with --overwrite") from None
         self.epoch = checkpoint["epoch"]
         self.best.load_state_dict(checkpoint)
         self.elapsed_seconds = checkpoint["elapsed_seconds"]
@@ -518,12 +586,15 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------
 
     def _check_run_directory(self) -> None:
-        """Refuse, before any slow work, to clobber another run or to resume a different one."""
-        if self.resume and self.overwrite:
-            raise UsageError("--resume and --overwrite contradict each other; pick one")
+        """Refuse, before any slow work, to clobber another run, to write among a user's files, or to resume a different run."""
         self.run.check_writable()
         if self.run.holds_run() and not (self.resume or self.overwrite):
             raise UsageError(f"{self.run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        foreign = [] if self.run.holds_run() or self.overwrite else self.run.foreign_files()
+        if foreign:
+            shown = ", ".join(clip(name, 40) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UsageError(f"{self.run.path} holds files lrlab did not make ({shown}); choose an empty or new --out, "
+                             f"or pass --overwrite to write the run among them")
         if self.resume and self.run.holds_run():
             columns = self.run.metric_columns()
             if columns and "val_acc" not in columns:
@@ -547,25 +618,35 @@ class Trainer:
             if self.run.last_path.exists():
                 self.restore(self.run.load_checkpoint(self.run.last_path))
             self.run.truncate_to_epoch(self.epoch)
+            recorded = len(self.run.read_metrics())
+            if recorded != self.epoch:
+                raise UsageError(f"{self.run.metrics_path} holds {recorded} epoch(s) but {self.run.last_path} is at epoch "
+                                 f"{self.epoch}; restore metrics.csv, or start afresh with --overwrite")
         else:
             if self.overwrite:
                 self.run.clear()
             self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
         distributed.barrier(self.ranks)
 
-    def fit(self, take_over_lock: bool = False) -> RunResult:
+    def fit(self) -> RunResult:
         """Train for the configured epochs (or what remains of them), recording everything."""
-        with self.run.locked(take_over_lock), deterministic_algorithms(self.config.deterministic):
-            try:
-                return self._fit()
-            except OSError as error:
-                # A full disk or a folder turned read-only: what was written before stays good.
-                message = (f"cannot write to {self.run.path} ({error.strerror or error}); "
-                           f"the last good checkpoint is kept: free space or fix the folder, then "
-                           f"lrlab train --out {self.run.path} --resume")
-                with contextlib.suppress(OSError):
-                    self.run.write_status("failed", epoch=self.epoch, reason=message)
-                raise UsageError(message) from None
+        try:
+            with self.run.locked(), deterministic_algorithms(self.config.deterministic):
+                return self._fit_writing()
+        finally:
+            self.release_lock()
+
+    def _fit_writing(self) -> RunResult:
+        try:
+            return self._fit()
+        except OSError as error:
+            # A full disk or a folder turned read-only: what was written before stays good.
+            message = (f"cannot write to {self.run.path} ({error.strerror or error}); "
+                       f"the last good checkpoint is kept: free space or fix the folder, then "
+                       f"lrlab train --out {self.run.path} --resume")
+            with contextlib.suppress(OSError):
+                self.run.write_status("failed", epoch=self.epoch, reason=message)
+            raise UsageError(message) from None
 
     def _fit(self) -> RunResult:
         self.prepare()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from lrlab.config import RunConfig
 from lrlab.errors import UsageError
-from lrlab.runs import RunDirectory
+from lrlab.runs import RunDirectory, RunInUse
 
 BACKENDS = ("local", "ray")
 POLL_SECONDS = 0.5
@@ -62,6 +62,8 @@ def train_pass(configs: list[RunConfig], threads: int | None = None, take_over_l
     runs = [RunDirectory(config.out) for config in configs]
     try:
         train_group(configs, data, on_epoch, take_over_lock)
+    except RunInUse as error:
+        return [("failed", str(error)) for _ in runs]  # another process's run: nothing of it is ours to mark
     except UsageError as error:
         for run in runs:
             if run.path.exists() and run.read_status().get("state") not in ("finished", "diverged"):
@@ -78,12 +80,15 @@ def train_or_resume(config: RunConfig, threads: int | None = None, take_over_loc
         torch.set_num_threads(threads)
     run = RunDirectory(config.out)
     try:
-        Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch).fit(take_over_lock=take_over_lock)
-    except UsageError as error:
-        if run.path.exists():
-            run.write_status("failed", reason=str(error))
-        return "failed", str(error)
-    status = run.read_status()
+        with run.locked(take_over_lock):
+            try:
+                Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch).fit()
+            except UsageError as error:
+                run.write_status("failed", reason=str(error))
+                return "failed", str(error)
+            status = run.read_status()
+    except RunInUse as error:
+        return "failed", str(error)  # another process's run: nothing of it is ours to mark
     return status.get("state", "unknown"), status.get("reason", "")
 
 

@@ -60,7 +60,8 @@ def train_group(configs: list[RunConfig], data=None, on_epoch: list[Callable | N
     if len(keys) != 1 or None in keys:
         raise ValueError("these runs cannot share a pass; group them with group_key first")
     on_epoch = on_epoch or [None] * len(configs)
-    trainers = [Trainer(config, data, resume=RunDirectory(config.out).holds_run(), on_epoch=callback)
+    trainers = [Trainer(config, data, resume=RunDirectory(config.out).holds_run(), on_epoch=callback,
+                        take_over_lock=take_over_lock)
                 for config, callback in zip(configs, on_epoch)]
     for trainer in trainers:
         trainer.drive(ArmOptimizer(trainer.optimizer_spec, trainer.model.parameters()))
@@ -127,6 +128,7 @@ class GroupTrainer:
         with contextlib.ExitStack() as held:
             for trainer in self.trainers:
                 held.enter_context(trainer.run.locked(take_over_lock))
+                held.callback(trainer.release_lock)  # the lock each Trainer took when it was built
             held.enter_context(deterministic_algorithms(self.trainers[0].config.deterministic))
             for trainer in self.trainers:
                 trainer.prepare()

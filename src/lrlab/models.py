@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -121,3 +123,29 @@ def build_model(name: str, channels: int, image_size: tuple[int, int], num_class
         raise UsageError(f"model {name!r} does not accept {channels}x{image_size[0]}x{image_size[1]} images "
                          f"({str(error).splitlines()[0]}); try --image-size") from None
     return model.train()
+
+
+def training_bytes(name: str, channels: int, image_size: tuple[int, int], num_classes: int, width: int | None,
+                   batch_size: int) -> int | None:
+    """About what training the model takes: weights, gradients and two optimizer states per parameter,
+    plus one batch's layer outputs (kept for the backward pass). Sized on torch's meta device, so
+    nothing is allocated; None where a model cannot be built there."""
+    outputs: list[int] = []
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        outputs.append(output.numel() if isinstance(output, torch.Tensor) else 0)
+
+    try:
+        with torch.device("meta"):
+            model = build_model(name, channels, image_size, num_classes, width)
+            for module in model.modules():
+                if not any(module.children()):
+                    module.register_forward_hook(count)
+            with torch.no_grad():
+                model(torch.zeros(1, channels, *image_size))
+    except UsageError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot be sized without memory is simply built
+        return None
+    parameters = sum(p.numel() for p in model.parameters())
+    return 4 * (4 * parameters + batch_size * sum(outputs))

@@ -9,10 +9,17 @@ from typing import Any
 
 import torch
 
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip
 from lrlab.specs import check_arguments, parse_spec, suggestion
 
 SCHEDULE_FREE = {"sgd-schedulefree": "SGDScheduleFree", "adamw-schedulefree": "AdamWScheduleFree"}
+# torch optimizers the training loop cannot drive, and why.
+UNSUPPORTED = {
+    "lbfgs": "LBFGS needs a closure that re-evaluates the loss at every step, which lrlab's loop does not pass",
+    "sparseadam": "SparseAdam only takes sparse gradients, and lrlab's models have dense ones",
+}
+# Beyond this a step moves the weights by more than any float32 model survives; it is a typo, not an LR.
+MAX_LR = 1e6
 
 
 def optimizer_classes() -> dict[str, type]:
@@ -49,11 +56,13 @@ def parse_optimizer(text: str) -> OptimizerSpec:
         if name in SCHEDULE_FREE:
             raise UsageError(f"optimizer {spec.name!r} needs the schedulefree package: pip install schedulefree")
         raise UsageError(f"unknown optimizer {spec.name!r}{suggestion(name, classes)}; known: {', '.join(sorted(classes))}")
+    if name in UNSUPPORTED:
+        raise UsageError(f"optimizer {spec.name!r} cannot be used: {UNSUPPORTED[name]}; use sgd, adamw or another")
     checked = {k: v for k, v in spec.arguments.items() if not (k == "lr" and v == "auto")}
     check_arguments(classes[name], checked, f"optimizer {spec.name!r}", filled_by_lrlab=("params",))
     lr = spec.arguments.get("lr")
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr <= 0:
-        raise UsageError(f"optimizer {spec.name!r}: lr={lr} should be positive")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not 0 < lr <= MAX_LR:
+        raise UsageError(f"optimizer {spec.name!r}: lr={lr:g} should be positive and at most {MAX_LR:g}")
     return OptimizerSpec(text.strip(), name, dict(spec.arguments))
 
 
@@ -64,7 +73,7 @@ def build_optimizer(spec: OptimizerSpec, parameters: Iterable[torch.nn.Parameter
     try:
         return optimizer_classes()[spec.name](parameters, **spec.arguments)
     except (ValueError, TypeError) as error:
-        raise UsageError(f"optimizer {spec.text!r}: {error}") from None
+        raise UsageError(f"optimizer {clip(repr(spec.text), 60)}: {clip(error, 160)}") from None
 
 
 def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:

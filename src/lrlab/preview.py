@@ -20,6 +20,11 @@ from lrlab.errors import UsageError
 from lrlab.schedules import MONITORS, ScheduleDriver, ScheduleSpec, parse_schedule
 
 
+# A preview steps a real torch scheduler once per optimizer step (about 30 us each): this many take
+# a few seconds, and their rows fit in memory.
+MAX_PREVIEW_STEPS = 100_000
+
+
 @dataclass(frozen=True)
 class PreviewRow:
     step: int
@@ -38,8 +43,11 @@ def preview(
     spec = parse_schedule(spec) if isinstance(spec, str) else spec
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError("preview needs at least one epoch and one step per epoch")
-    if lr <= 0:
-        raise UsageError(f"--lr {lr} should be positive")
+    if epochs * steps_per_epoch > MAX_PREVIEW_STEPS:
+        raise UsageError(f"a preview of {epochs} epochs x {steps_per_epoch} steps is more than the {MAX_PREVIEW_STEPS:,} steps "
+                         f"lrlab previews; give fewer --epochs or --steps-per-epoch")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr {lr} should be a positive number")
     if metric_per_epoch is not None and len(metric_per_epoch) < epochs:
         raise UsageError(f"the assumed metric curve has {len(metric_per_epoch)} values; give one per epoch ({epochs})")
     parameter = torch.nn.Parameter(torch.zeros(1))
@@ -72,14 +80,28 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
     """One line per way `spec` will probably not do what its author expects over this run."""
     spec = parse_schedule(spec) if isinstance(spec, str) else spec
     name = spec.text
+    if epochs < 1 or steps_per_epoch < 1:
+        raise UsageError("the doctor needs at least one epoch and one step per epoch")
+    if epochs * steps_per_epoch > MAX_PREVIEW_STEPS:
+        if spec.per_step or spec.warmup or epochs > MAX_PREVIEW_STEPS:
+            return [f"{name}: a run of {epochs * steps_per_epoch:,} steps is too long to check step by step "
+                    f"(the doctor previews at most {MAX_PREVIEW_STEPS:,}); preview a shorter run to see its LR"]
+        steps_per_epoch = 1  # stepped once per epoch: its LR per epoch is the same whatever the epoch's length
+    warmup_steps = spec.warmup_steps(steps_per_epoch)
+    if warmup_steps >= epochs * steps_per_epoch:
+        return [f"{name}: the warmup takes {warmup_steps} steps but the whole run has {epochs * steps_per_epoch}; "
+                "the schedule after it never runs (shorten the warmup or train longer)"]
     try:
         rows = preview(spec, epochs, steps_per_epoch, lr=1.0)
     except UsageError as error:
         return [f"{name}: {error}"]
+    unusable = next((row for row in rows if not (math.isfinite(row.lr) and row.lr > 0)), None)
+    if unusable is not None:
+        return [f"{name}: the LR becomes {unusable.lr:g} x --lr at step {unusable.step} (epoch {unusable.epoch}); "
+                "an LR must stay positive and finite, so this run would not train from there"]
     warnings_found: list[str] = []
     epoch_lrs = _epoch_lrs(rows)
     final_factor = rows[-1].lr / rows[0].lr if spec.warmup is None else rows[-1].lr / max(r.lr for r in rows)
-    warmup_steps = spec.warmup_steps(steps_per_epoch)
     unit = "steps" if spec.per_step else "epochs"
     length = spec.main_length(epochs, steps_per_epoch)
     arguments = spec.arguments

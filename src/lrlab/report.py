@@ -339,7 +339,7 @@ def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
     for result in comparison.results:
         for seed in result.seeds:
             config_path = result.paths.get(seed, run_path(comparison.out, result.label, seed)) / "config.yaml"
-            text = config_path.read_text() if config_path.exists() else "(not started)"
+            text = config_path.read_bytes().decode(errors="replace") if config_path.is_file() else "(not started)"
             configs.append(f"<details><summary>{html.escape(result.label)} seed {seed}: "
                            f"{html.escape(result.states.get(seed, 'missing'))}</summary><pre>{html.escape(text)}</pre></details>")
     base = html.escape(configuration(comparison))

@@ -6,33 +6,58 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy
 import torch
 
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip
 
 # val_loss and val_acc stay empty in a run without a validation split.
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
                   "elapsed_seconds")
 STEP_COLUMNS = ("step", "epoch", "lr", "loss")
+# The metrics every row has; the others (val_*) may be empty, or absent from an older run's header.
+REQUIRED_METRIC_COLUMNS = tuple(c for c in METRIC_COLUMNS if not c.startswith("val_"))
 WRITTEN_STATES = ("running", "finished", "diverged", "failed", "interrupted")
 # What readers say of a run whose status.json is absent or damaged (unknown), or that has no folder yet (missing).
 STATES = (*WRITTEN_STATES, "unknown", "missing")
+LOCK_NAME = "run.lock"
+# The names a run folder may hold before lrlab starts a run in it: what a refused or killed attempt
+# leaves (its lock, lr=auto's range test, half-written temporaries). Anything else is the user's.
+LEFT_BY_AN_EARLIER_ATTEMPT = (LOCK_NAME, "lr_find.json", "lr_find.csv", "lr_find.png")
+# Lock files this process holds, with how many holders: one process may assemble several Trainers
+# for one folder (lr=auto, benchmarks), and only another process is refused.
+_HELD: dict[str, int] = {}
+
+
+class RunInUse(UsageError):
+    """Another live process holds the folder's lock; nothing of its run may be written."""
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomically(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over `path`."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes it 0600; a run's files are as readable as the user's others
         with os.fdopen(handle, "wb") as out:
             write(out)
             out.flush()
@@ -69,27 +94,79 @@ class RunDirectory:
         `take_over` is for an executor retrying a run whose worker it knows is dead, possibly on
         another machine, where the pid cannot be checked.
         """
-        lock = self.path / "run.lock"
+        release = self.acquire_lock(take_over)
+        try:
+            yield
+        finally:
+            release()
+
+    def acquire_lock(self, take_over: bool = False) -> Callable[[], None]:
+        """Take `run.lock` (creating the folder if need be); returns the function that gives it back.
+
+        Giving it back removes the folders the lock created when nothing else was written in them,
+        so a run refused before training leaves no empty folder behind.
+        """
+        lock = self.path / LOCK_NAME
+        key = os.path.realpath(lock)
+        if key in _HELD:
+            _HELD[key] += 1
+            return _once(lambda: self._let_go(key, lock, []))
+        created = self._make_folder()
         while True:
             try:
-                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
                 break
             except FileExistsError:
+                if lock.is_symlink() or not lock.is_file():
+                    _remove_empty(created)
+                    raise UsageError(f"{lock} is not lrlab's lock file (it is a folder or a link); "
+                                     f"move it away, then run again") from None
                 pid, host = _lock_owner(lock)
                 owner = f"process {pid}" + (f" on {host}" if host != socket.gethostname() else "")
                 if not take_over and pid is not None:
                     if host != socket.gethostname():
-                        raise UsageError(f"{self.path} is in use by {owner}; if that run is gone, delete {lock}") from None
+                        raise RunInUse(f"{self.path} is in use by {owner}; if that run is gone, delete {lock}") from None
                     if _process_alive(pid):
-                        raise UsageError(f"{self.path} is in use by {owner}; wait for it to end or stop it") from None
+                        raise RunInUse(f"{self.path} is in use by {owner}; wait for it to end or stop it") from None
                 print(f"lrlab: taking over the stale lock of {self.path} ({owner} is gone)", file=sys.stderr)
                 lock.unlink(missing_ok=True)
+            except OSError as error:
+                _remove_empty(created)
+                raise UsageError(f"cannot write to {self.path}: {error.strerror}; choose another --out") from None
         with os.fdopen(handle, "w") as out:
             out.write(f"{os.getpid()} {socket.gethostname()}\n")
+        _HELD[key] = 1
+        return _once(lambda: self._let_go(key, lock, created))
+
+    def _make_folder(self) -> list[Path]:
+        """Create the folder and its missing parents; returns those created, deepest first."""
+        missing = []
+        for folder in (self.path, *self.path.parents):
+            if folder.exists() or folder.is_symlink():
+                break
+            missing.append(folder)
         try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            _remove_empty(missing)
+            raise UsageError(f"cannot write to {self.path}: {error.strerror}; choose another --out") from None
+        return missing
+
+    @staticmethod
+    def _let_go(key: str, lock: Path, created: list[Path]) -> None:
+        _HELD[key] -= 1
+        if _HELD[key] > 0:
+            return
+        del _HELD[key]
+        lock.unlink(missing_ok=True)
+        _remove_empty(created)
+
+    def foreign_files(self) -> list[str]:
+        """Names in the folder that no lrlab run put there (checked before a fresh run starts)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(entry.name for entry in self.path.iterdir()
+                      if entry.name not in LEFT_BY_AN_EARLIER_ATTEMPT and not _is_partial_write(entry.name))
 
     def holds_run(self) -> bool:
         return self.config_path.exists()
@@ -130,10 +207,21 @@ class RunDirectory:
         self.write_text(self.status_path, json.dumps(record, indent=2) + "\n")
 
     def read_status(self) -> dict[str, Any]:
+        """status.json as written; {'state': 'unknown'} before the first one. A damaged one is refused."""
         try:
-            return json.loads(self.status_path.read_text())
-        except (OSError, ValueError):
+            text = self.status_path.read_bytes()
+        except FileNotFoundError:
             return {"state": "unknown"}
+        except OSError as error:
+            raise UsageError(f"cannot read {self.status_path}: {error.strerror}") from None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("state"), str):
+            raise UsageError(f"{self.status_path} is damaged (not a JSON object with a state); delete it and run "
+                             f"again with --resume: the run continues from last.pt") from None
+        return record
 
     def _append(self, path: Path, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> None:
         new = not path.exists() or path.stat().st_size == 0
@@ -160,17 +248,19 @@ class RunDirectory:
             return []
 
     def read_metrics(self) -> list[dict[str, float]]:
-        return _read_csv(self.metrics_path)
+        return read_rows(self.metrics_path, REQUIRED_METRIC_COLUMNS)
 
     def read_steps(self) -> list[dict[str, float]]:
-        return _read_csv(self.steps_path)
+        return read_rows(self.steps_path, STEP_COLUMNS)
 
     def truncate_to_epoch(self, epoch: int) -> None:
         """Drop rows after `epoch` (a run stopped mid-epoch may have written some) before resuming."""
-        for path, columns in ((self.metrics_path, METRIC_COLUMNS), (self.steps_path, STEP_COLUMNS)):
-            kept = [row for row in _read_csv(path) if row["epoch"] <= epoch]
+        for path, columns, required in ((self.metrics_path, METRIC_COLUMNS, REQUIRED_METRIC_COLUMNS),
+                                        (self.steps_path, STEP_COLUMNS, STEP_COLUMNS)):
+            rows = read_rows(path, required)
+            kept = [row for row in rows if row["epoch"] <= epoch]
             text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=columns)
+            writer = csv.DictWriter(text, fieldnames=[*columns, *(k for k in (rows[0] if rows else {}) if k not in columns)])
             writer.writeheader()
             writer.writerows({k: _plain(v) for k, v in row.items()} for row in kept)
             self.write_text(path, text.getvalue())
@@ -209,7 +299,28 @@ class RunDirectory:
             raise UsageError(f"{path} does not exist; nothing to resume (drop --resume to start afresh)") from None
         except Exception as error:  # noqa: BLE001 - torch raises many types for damaged or hostile files
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UsageError(f"{path} cannot be loaded safely ({first_line[:160]}); it is damaged or not an lrlab checkpoint") from None
+            raise UsageError(f"{path} cannot be loaded safely ({clip(first_line, 160)}); it is damaged or not an lrlab checkpoint") from None
+
+
+def _once(function: Callable[[], None]) -> Callable[[], None]:
+    done = []
+
+    def call() -> None:
+        if not done:
+            done.append(True)
+            function()
+
+    return call
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds while empty
+
+
+def _is_partial_write(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _lock_owner(lock: Path) -> tuple[int | None, str]:
@@ -235,18 +346,53 @@ def _plain(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else value
 
 
-def _read_csv(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
+def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, float]]:
+    """The rows of a run's CSV file, each value a number; a last row cut off mid-write is dropped
+    (its epoch was not finished, and a resume redoes it). Anything else amiss is refused in one line."""
+    fix = "restore it, or start the run afresh with --overwrite"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return []
-    with open(path, newline="") as handle:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text, so not as lrlab wrote it; {fix}") from None
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    except csv.Error as error:
+        raise UsageError(f"{path} is not valid CSV ({error}); {fix}") from None
+    if not rows:
+        return []
+    header = rows[0]
+    missing = [c for c in columns if c not in header]
+    if missing or len(set(header)) != len(header):
+        raise UsageError(f"{path} does not have lrlab's header (it lacks {', '.join(missing) or 'unique names'}); {fix}")
+    body = rows[1:]
+    if body and (not text.endswith("\n") or len(body[-1]) != len(header)
+                 or any(value == "" for name, value in zip(header, body[-1]) if name in columns)):
+        body = body[:-1]
+    parsed = []
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise UsageError(f"{path} line {line} has {len(row)} values for {len(header)} columns; {fix}")
+        values = {}
+        for name, value in zip(header, row):
+            number = _number(value)
+            if number is None and (name in columns or value.strip()):
+                raise UsageError(f"{path} line {line}: {name}={clip(value, 40)!r} is not a number; {fix}")
+            values[name] = math.nan if number is None else number
+        parsed.append(values)
+    return parsed
 
 
-def _number(text: str) -> float:
+def _number(text: str) -> float | None:
     try:
         value = float(text)
     except (TypeError, ValueError):
-        return float("nan")
+        return None
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
@@ -256,6 +402,9 @@ class FollowerRun(RunDirectory):
     @contextlib.contextmanager
     def locked(self, take_over: bool = False) -> Iterator[None]:
         yield
+
+    def acquire_lock(self, take_over: bool = False) -> Callable[[], None]:
+        return lambda: None
 
     def check_writable(self) -> None:
         pass

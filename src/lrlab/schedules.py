@@ -9,15 +9,17 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import operator
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch.optim import lr_scheduler
 
-from lrlab.errors import UsageError
-from lrlab.specs import check_arguments, parse_arguments, parse_spec, suggestion
+from lrlab.errors import UsageError, clip
+from lrlab.specs import check_arguments, check_length, parse_arguments, parse_spec, suggestion
 
 SHORT_NAMES = {
     "step": "StepLR",
@@ -127,49 +129,183 @@ class LrLambda:
     """An `lr_lambda` written as arithmetic in `epoch` (e.g. `0.95**epoch`).
 
     A class rather than a closure so that torch's `state_dict()` can save it (it stores the
-    `__dict__` of callable objects) and a checkpoint loads with `weights_only=True`.
+    `__dict__` of callable objects) and a checkpoint loads with `weights_only=True`. It is
+    evaluated by walking its syntax tree in floats, never by `eval`: an expression is at most
+    MAX_LENGTH characters and MAX_DEPTH deep, and a power that would overflow a float fails at once
+    instead of computing a number with millions of digits.
     """
 
-    ALLOWED_FUNCTIONS: ClassVar[dict[str, Any]] = {
-        **{n: getattr(math, n) for n in ("cos", "sin", "exp", "log", "sqrt", "pi")}, "min": min, "max": max, "abs": abs,
+    MAX_LENGTH = 200
+    MAX_DEPTH = 20
+    FUNCTIONS: ClassVar[dict[str, Any]] = {
+        **{n: getattr(math, n) for n in ("cos", "sin", "exp", "log", "sqrt")}, "min": min, "max": max, "abs": abs,
     }
-    ALLOWED_NODES = (
-        ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Call,
-        ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.FloorDiv, ast.USub, ast.UAdd,
-        ast.IfExp, ast.Compare, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
-    )
+    CONSTANTS: ClassVar[dict[str, float]] = {"pi": math.pi}
+    OPERATORS: ClassVar[dict[type, Any]] = {
+        ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.Pow: operator.pow, ast.Mod: operator.mod, ast.FloorDiv: operator.floordiv,
+        ast.USub: operator.neg, ast.UAdd: operator.pos,
+        ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+    }
 
     def __init__(self, expression: str):
         self.expression = expression
         self._check()
 
     def _check(self) -> None:
+        shown = clip(repr(self.expression), 60)
+        if len(self.expression) > self.MAX_LENGTH:
+            raise UsageError(f"lr_lambda {shown} is {len(self.expression)} characters long; "
+                             f"lrlab takes at most {self.MAX_LENGTH}")
         try:
             tree = ast.parse(self.expression, mode="eval")
-        except SyntaxError:
-            raise UsageError(f"lr_lambda {self.expression!r} is not a valid expression") from None
-        for node in ast.walk(tree):
-            if not isinstance(node, self.ALLOWED_NODES):
-                raise UsageError(
-                    f"lr_lambda {self.expression!r}: only arithmetic in 'epoch' and "
-                    f"{', '.join(self.ALLOWED_FUNCTIONS)} is allowed"
-                )
-            if isinstance(node, ast.Name) and node.id not in self.ALLOWED_FUNCTIONS and node.id != "epoch":
-                raise UsageError(f"lr_lambda {self.expression!r}: unknown name {node.id!r}; use 'epoch'")
-        self(0)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            raise UsageError(f"lr_lambda {shown} is not a valid expression") from None
+        self._check_node(tree.body, 1)
+        factor = self(0)
+        if not math.isfinite(factor) or factor <= 0:
+            raise UsageError(f"lr_lambda {shown} gives {factor:g} at epoch 0; the schedule multiplies the LR by it, "
+                             "so it must be a positive, finite number (an LR of zero or below trains nothing)")
+
+    def _check_node(self, node: ast.AST, depth: int) -> None:
+        shown = clip(repr(self.expression), 60)
+        if depth > self.MAX_DEPTH:
+            raise UsageError(f"lr_lambda {shown} nests deeper than {self.MAX_DEPTH} levels; write it more simply")
+        allowed = f"only arithmetic in 'epoch' and {', '.join([*self.FUNCTIONS, *self.CONSTANTS])} is allowed"
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                raise UsageError(f"lr_lambda {shown}: {clip(repr(node.value), 30)} is not a number; {allowed}")
+            return
+        if isinstance(node, ast.Name):
+            if node.id != "epoch" and node.id not in self.CONSTANTS:
+                raise UsageError(f"lr_lambda {shown}: unknown name {clip(node.id, 30)!r}; use 'epoch'")
+            return
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in self.FUNCTIONS or node.keywords:
+                raise UsageError(f"lr_lambda {shown}: {allowed}")
+            children = node.args
+        elif isinstance(node, ast.BinOp) and type(node.op) in self.OPERATORS:
+            children = [node.left, node.right]
+        elif isinstance(node, ast.UnaryOp) and type(node.op) in self.OPERATORS:
+            children = [node.operand]
+        elif isinstance(node, ast.Compare) and all(type(op) in self.OPERATORS for op in node.ops):
+            children = [node.left, *node.comparators]
+        elif isinstance(node, ast.IfExp):
+            children = [node.test, node.body, node.orelse]
+        else:
+            raise UsageError(f"lr_lambda {shown}: {allowed}")
+        for child in children:
+            self._check_node(child, depth + 1)
+
+    def _evaluate(self, node: ast.AST, epoch: float) -> float:
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return float(epoch) if node.id == "epoch" else self.CONSTANTS[node.id]
+        if isinstance(node, ast.Call):
+            return float(self.FUNCTIONS[node.func.id](*(self._evaluate(a, epoch) for a in node.args)))
+        if isinstance(node, ast.BinOp):
+            result = self.OPERATORS[type(node.op)](self._evaluate(node.left, epoch), self._evaluate(node.right, epoch))
+            if isinstance(result, complex):
+                raise ValueError("a negative number to a fractional power is not a real number")
+            return result
+        if isinstance(node, ast.UnaryOp):
+            return self.OPERATORS[type(node.op)](self._evaluate(node.operand, epoch))
+        if isinstance(node, ast.Compare):
+            left = self._evaluate(node.left, epoch)
+            for op, right_node in zip(node.ops, node.comparators):
+                right = self._evaluate(right_node, epoch)
+                if not self.OPERATORS[type(op)](left, right):
+                    return 0.0
+                left = right
+            return 1.0
+        return self._evaluate(node.body if self._evaluate(node.test, epoch) else node.orelse, epoch)
 
     def __call__(self, epoch: int) -> float:
-        namespace = {"__builtins__": {}, "epoch": epoch, **self.ALLOWED_FUNCTIONS}
+        tree = ast.parse(self.expression, mode="eval")
         try:
-            return float(eval(compile(self.expression, "<lr_lambda>", "eval"), namespace))
+            return float(self._evaluate(tree.body, epoch))
+        except OverflowError:
+            raise UsageError(f"lr_lambda {clip(repr(self.expression), 60)} fails at epoch {epoch}: "
+                             "a number grows beyond a float's range") from None
         except (ArithmeticError, ValueError, TypeError) as error:
-            raise UsageError(f"lr_lambda {self.expression!r} fails at epoch {epoch}: {error}") from None
+            raise UsageError(f"lr_lambda {clip(repr(self.expression), 60)} fails at epoch {epoch}: {clip(error, 80)}") from None
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _at_least_one(value: float) -> bool:
+    return value >= 1
+
+
+def _not_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _fraction(value: float) -> bool:
+    return 0 < value <= 1
+
+
+# The values each torch class rejects, or accepts and later divides by (or raises to a negative
+# power): checked when the spec is parsed, so a bad value fails in one line before any training
+# instead of as a ZeroDivisionError epochs in. Each rule says what torch does with the value.
+VALUE_RULES: dict[str, dict[str, tuple[Callable[[float], bool], str]]] = {
+    "StepLR": {"step_size": (_at_least_one, "at least 1 (StepLR takes the epoch modulo step_size)"),
+               "gamma": (_positive, "positive (the LR is multiplied by it)")},
+    "MultiStepLR": {"gamma": (_positive, "positive (the LR is multiplied by it)"),
+                    "milestones": (_at_least_one, "epochs of at least 1")},
+    "ExponentialLR": {"gamma": (_positive, "positive (the LR is multiplied by it every epoch)")},
+    "CosineAnnealingLR": {"T_max": (_at_least_one, "at least 1 (CosineAnnealingLR divides by T_max)"),
+                          "eta_min": (_not_negative, "zero or positive (it is the lowest LR)")},
+    "CosineAnnealingWarmRestarts": {"T_0": (_at_least_one, "at least 1 (torch: T_0 must be a positive integer)"),
+                                    "T_mult": (_at_least_one, "at least 1 (torch: T_mult must be an integer >= 1)"),
+                                    "eta_min": (_not_negative, "zero or positive (it is the lowest LR)")},
+    "ReduceLROnPlateau": {"factor": (lambda v: 0 < v < 1, "between 0 and 1 (torch: factor should be < 1.0; "
+                                     "the LR is multiplied by it)"),
+                          "patience": (_not_negative, "zero or more epochs"),
+                          "cooldown": (_not_negative, "zero or more epochs"),
+                          "min_lr": (_not_negative, "zero or positive (it is the lowest LR)"),
+                          "threshold": (_not_negative, "zero or positive"),
+                          "eps": (_not_negative, "zero or positive")},
+    "OneCycleLR": {"max_lr": (_positive, "positive (it is the peak LR)"),
+                   "total_steps": (_at_least_one, "at least 1 (torch: expected a positive integer total_steps)"),
+                   "epochs": (_at_least_one, "at least 1 (torch: expected a positive integer epochs)"),
+                   "steps_per_epoch": (_at_least_one, "at least 1 (torch: expected a positive integer steps_per_epoch)"),
+                   "pct_start": (lambda v: 0 <= v <= 1, "between 0 and 1 (torch: expected a float between 0 and 1)"),
+                   "div_factor": (_positive, "positive (OneCycleLR divides max_lr by it)"),
+                   "final_div_factor": (_positive, "positive (OneCycleLR divides by it)")},
+    "CyclicLR": {"base_lr": (_positive, "positive (it is the lowest LR)"),
+                 "max_lr": (_positive, "positive (it is the highest LR)"),
+                 "step_size_up": (_at_least_one, "at least 1 (CyclicLR divides by the steps of the cycle)"),
+                 "step_size_down": (_at_least_one, "at least 1 (CyclicLR divides by the steps of the cycle)"),
+                 "gamma": (_positive, "positive (the LR is multiplied by it)")},
+    "LinearLR": {"start_factor": (_fraction, "in (0, 1] (torch: starting multiplicative factor expected to be "
+                                  "greater than 0 and less or equal to 1)"),
+                 "end_factor": (lambda v: 0 <= v <= 1, "in [0, 1] (torch: ending multiplicative factor expected "
+                                "to be between 0 and 1)"),
+                 "total_iters": (_at_least_one, "at least 1 (LinearLR divides by total_iters)")},
+    "ConstantLR": {"factor": (_fraction, "in (0, 1] (ConstantLR divides the LR by factor when it ends)"),
+                   "total_iters": (_not_negative, "zero or more")},
+    "PolynomialLR": {"total_iters": (_at_least_one, "at least 1 (PolynomialLR divides by total_iters)"),
+                     "power": (_not_negative, "zero or positive (PolynomialLR raises 0 to this power at its end)")},
+}
+
+
+def _check_values(class_name: str, arguments: dict[str, Any], context: str) -> None:
+    for name, (holds, rule) in VALUE_RULES.get(class_name, {}).items():
+        value = arguments.get(name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for number in values:
+            if isinstance(number, (int, float)) and not isinstance(number, bool) and not holds(number):
+                raise UsageError(f"{context}: {name}={clip(repr(value), 40)} should be {rule}")
 
 
 def _parse_warmup(text: str) -> WarmupSpec:
     match = re.fullmatch(r"warmup\((.*)\)", text.strip())
     if not match:
-        raise UsageError(f"warmup {text!r} should look like warmup(linear,epochs=2)")
+        raise UsageError(f"warmup {clip(repr(text), 60)} should look like warmup(linear,epochs=2)")
     kind, _, rest = match.group(1).partition(",")
     kind = kind.strip()
     if kind not in ("linear", "constant"):
@@ -215,6 +351,7 @@ def parse_schedule(text: str) -> ScheduleSpec:
     """Parse and check a schedule spec such as `warmup(linear,epochs=2)+cosine:T_max=18@step`."""
     if not isinstance(text, str) or not text.strip():
         raise UsageError("empty schedule spec; use e.g. constant or step:step_size=5,gamma=0.5")
+    check_length(text, "schedule")
     body = text.strip()
     stepping = None
     if body.endswith(("@step", "@epoch")):
@@ -223,7 +360,7 @@ def parse_schedule(text: str) -> ScheduleSpec:
     if body.startswith("warmup("):
         close = body.find(")")
         if close < 0 or body[close + 1 : close + 2] != "+":
-            raise UsageError(f"schedule {text!r}: a warmup is written warmup(linear,epochs=2)+<schedule>")
+            raise UsageError(f"schedule {clip(repr(text), 60)}: a warmup is written warmup(linear,epochs=2)+<schedule>")
         warmup = _parse_warmup(body[: close + 1])
         body = body[close + 2 :]
     spec = parse_spec(body, "schedule")
@@ -241,6 +378,7 @@ def parse_schedule(text: str) -> ScheduleSpec:
     if class_name in ("LambdaLR", "MultiplicativeLR") and isinstance(arguments.get("lr_lambda"), (int, float)):
         arguments["lr_lambda"] = str(arguments["lr_lambda"])
     check_arguments(cls, arguments, context, FILLED_BY_LRLAB)
+    _check_values(class_name, arguments, context)
     if "lr_lambda" in arguments:
         LrLambda(arguments["lr_lambda"])
     if class_name == "ReduceLROnPlateau":
@@ -296,7 +434,7 @@ class ScheduleDriver:
             try:
                 self.main = cls(optimizer, **arguments)
             except (ValueError, TypeError, KeyError) as error:
-                raise UsageError(f"schedule {spec.text!r}: {error}") from None
+                raise UsageError(f"schedule {clip(repr(spec.text), 60)}: {clip(error, 160)}") from None
         self.main_lrs = [group["lr"] for group in optimizer.param_groups]
         self.warmup = None
         if spec.warmup:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip
+
+MAX_SPEC_LENGTH = 1000  # characters; a spec is a name and a few numbers
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,14 @@ def split_top_level(text: str, separator: str = ",") -> list[str]:
         elif char in ")]}":
             depth -= 1
             if depth < 0:
-                raise UsageError(f"unbalanced brackets in {text!r}")
+                raise UsageError(f"unbalanced brackets in {clip(repr(text), 60)}")
         if char == separator and depth == 0:
             parts.append("".join(current))
             current = []
         else:
             current.append(char)
     if depth != 0:
-        raise UsageError(f"unbalanced brackets in {text!r}")
+        raise UsageError(f"unbalanced brackets in {clip(repr(text), 60)}")
     parts.append("".join(current))
     return parts
 
@@ -70,20 +73,28 @@ def parse_arguments(text: str, context: str) -> dict[str, Any]:
         key, equals, value = item.partition("=")
         key = key.strip()
         if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or not value.strip():
-            raise UsageError(f"{context}: expected key=value, got {item.strip()!r}")
+            raise UsageError(f"{context}: expected key=value, got {clip(repr(item.strip()), 40)}")
         if key in arguments:
             raise UsageError(f"{context}: argument {key!r} is given twice")
         arguments[key] = parse_value(value)
     return arguments
 
 
+def check_length(text: str, kind: str) -> None:
+    """Refuse a spec longer than MAX_SPEC_LENGTH before any parsing work."""
+    if len(text) > MAX_SPEC_LENGTH:
+        raise UsageError(f"{kind} spec {clip(repr(text), 40)} is {len(text)} characters long; "
+                         f"lrlab takes at most {MAX_SPEC_LENGTH}")
+
+
 def parse_spec(text: str, kind: str) -> Spec:
     """`step:step_size=5,gamma=0.5` -> Spec('step', {...}); `kind` is 'schedule', 'optimizer', ..."""
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"empty {kind} spec; write it as name:key=value,...")
+    check_length(text, kind)
     name, _, rest = text.strip().partition(":")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name.strip()):
-        raise UsageError(f"{kind} spec {text!r} must start with a name, as in name:key=value")
+        raise UsageError(f"{kind} spec {clip(repr(text), 60)} must start with a name, as in name:key=value")
     return Spec(name.strip(), parse_arguments(rest, f"{kind} {name.strip()!r}"))
 
 
@@ -115,7 +126,10 @@ def _describe(annotation: str) -> str:
     literal = re.search(r"Literal\[(.*?)\]", annotation)
     if literal:
         return "one of " + literal.group(1).replace("'", "")
-    return annotation.replace("Tensor", "").replace("| |", "|").strip(" |")
+    # A Tensor cannot be written in a spec, so it is left out of what the user is told to give.
+    options = [o.strip() for o in annotation.split("|")]
+    shown = [o for o in options if o and not re.fullmatch(r"(torch\.)?Tensor", o)]
+    return " or ".join(shown) or annotation
 
 
 def check_arguments(
@@ -145,7 +159,10 @@ def check_arguments(
         if not isinstance(annotation, str):
             annotation = annotation.__name__ if isinstance(annotation, type) else str(annotation)
         if not _accepts(annotation, value):
-            raise UsageError(f"{context}: {key}={value!r} should be {_describe(annotation)}")
+            raise UsageError(f"{context}: {key}={clip(repr(value), 40)} should be {_describe(annotation)}")
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(n, float) and not math.isfinite(n) for n in numbers):
+            raise UsageError(f"{context}: {key}={clip(repr(value), 40)} should be a finite number")
     missing = [
         n
         for n, p in parameters.items()

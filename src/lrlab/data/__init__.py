@@ -12,6 +12,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from lrlab.config import memory_budget_bytes
 from lrlab.data import cifar, digits, folder, idx, synthetic
 from lrlab.data.base import ImageData, cache_dir
 from lrlab.data.loader import BatchLoader
@@ -51,6 +52,14 @@ def load_dataset(
     else:
         raise UsageError(f"unknown data set {name!r}{suggestion(name, NAMES)}; known: {', '.join(NAMES)}")
     if image_size and data.image_size != (image_size, image_size):
+        images = len(data.train_images) + len(data.test_images)
+        # Resizing holds the whole set as float32, before and after.
+        needed = 4 * images * data.channels * (image_size**2 + data.image_size[0] * data.image_size[1])
+        budget = memory_budget_bytes(memory_budget)
+        if needed > budget:
+            raise UsageError(f"{name} resized to {image_size}x{image_size} takes about {needed / 2**30:,.1f} GiB in memory, "
+                             f"more than the memory budget of {budget / 2**30:,.1f} GiB (--memory-budget); "
+                             f"give a smaller --image-size")
         data.train_images, data.test_images = _resize(data.train_images, image_size), _resize(data.test_images, image_size)
     return data
 

@@ -25,6 +25,7 @@ SOURCES = {
         "test": ["test_batch"],
         "meta": ("batches.meta", "label_names"),
         "labels": "labels",
+        "classes": 10,
     },
     "cifar100": {
         "archive": "cifar-100-python.tar.gz",
@@ -35,6 +36,7 @@ SOURCES = {
         "test": ["test"],
         "meta": ("meta", "fine_label_names"),
         "labels": "fine_labels",
+        "classes": 100,
     },
 }
 
@@ -64,12 +66,24 @@ def _unpickle(data: bytes, where: str) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in loaded.items()}
 
 
+# The largest real member (CIFAR-100's train) is 155 MB; anything far larger is not CIFAR.
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
+def _check_size(size: int, name: str, location: Path) -> None:
+    if size > MAX_MEMBER_BYTES:
+        raise UsageError(f"{location}: {name} is {size / 2**20:,.0f} MiB, larger than any CIFAR file; "
+                         "delete it and download it again")
+
+
 def _read_members(location: Path, source: dict) -> dict[str, bytes]:
     wanted = [*source["train"], *source["test"], source["meta"][0]]
     if location.is_dir():
         missing = [m for m in wanted if not (location / m).is_file()]
         if missing:
             raise UsageError(f"{location} lacks {', '.join(missing)}; it is not a complete CIFAR folder")
+        for m in wanted:
+            _check_size((location / m).stat().st_size, m, location)
         return {m: (location / m).read_bytes() for m in wanted}
     try:
         with tarfile.open(location, "r:*") as archive:
@@ -77,21 +91,43 @@ def _read_members(location: Path, source: dict) -> dict[str, bytes]:
             missing = [m for m in wanted if m not in members]
             if missing:
                 raise UsageError(f"{location} lacks {', '.join(missing)}; it is not a complete CIFAR archive")
+            for m in wanted:
+                _check_size(members[m].size, m, location)
             return {m: archive.extractfile(members[m]).read() for m in wanted}
     except (tarfile.TarError, EOFError, OSError) as error:
         raise UsageError(f"{location} is a damaged archive ({error}); delete it and download it again") from None
 
 
-def _split(members: dict[str, bytes], names: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(members: dict[str, bytes], names: list[str], label_key: str, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for name in names:
         batch = _unpickle(members[name], name)
-        data = np.asarray(batch.get("data"))
-        if data.ndim != 2 or data.shape[1] != 3072 or label_key not in batch:
-            raise UsageError(f"CIFAR batch {name} has an unexpected layout; delete it and download it again")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
-    return torch.from_numpy(np.concatenate(images).astype(np.uint8)), torch.from_numpy(np.concatenate(labels))
+        images.append(_checked_images(batch.get("data"), name))
+        labels.append(_checked_labels(batch.get(label_key), len(images[-1]), classes, name))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _checked_images(data: object, name: str) -> np.ndarray:
+    """The batch's images as (n, 3, 32, 32) uint8, checked before anything is built from them: only a
+    real uint8 array of rows of 3072 pixels is taken (nested lists could expand to any size)."""
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UsageError(f"CIFAR batch {name} has an unexpected layout (its data is not rows of 3072 bytes); "
+                         "delete it and download it again")
+    return data.reshape(-1, 3, 32, 32)
+
+
+def _checked_labels(labels: object, count: int, classes: int, name: str) -> np.ndarray:
+    """One whole-number label in [0, classes) per image, else the batch is refused."""
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != count:
+        raise UsageError(f"CIFAR batch {name} does not hold one label per image; delete it and download it again")
+    if isinstance(labels, list) and not all(type(label) is int for label in labels):
+        raise UsageError(f"CIFAR batch {name} has labels that are not whole numbers; delete it and download it again")
+    array = np.asarray(labels)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise UsageError(f"CIFAR batch {name} has labels that are not whole numbers; delete it and download it again")
+    if count and not (0 <= array.min() and array.max() < classes):
+        raise UsageError(f"CIFAR batch {name} has labels outside 0..{classes - 1}; delete it and download it again")
+    return array.astype(np.int64)
 
 
 def locate(name: str, data_dir: str | os.PathLike | None) -> Path | None:
@@ -118,7 +154,12 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
             ) from None
     members = _read_members(location, source)
     meta = _unpickle(members[source["meta"][0]], source["meta"][0])
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(source["meta"][1], [])]
-    train = _split(members, source["train"], source["labels"])
-    test = _split(members, source["test"], source["labels"])
+    names = meta.get(source["meta"][1])
+    if (not isinstance(names, list) or len(names) != source["classes"]
+            or not all(isinstance(c, (bytes, str)) and len(c) <= 100 for c in names)):
+        raise UsageError(f"{source['meta'][0]} does not name the {source['classes']} classes of {name}; "
+                         "delete it and download it again")
+    classes = [c.decode(errors="replace") if isinstance(c, bytes) else c for c in names]
+    train = _split(members, source["train"], source["labels"], source["classes"])
+    test = _split(members, source["test"], source["labels"], source["classes"])
     return ImageData(name, *train, *test, classes, str(location), flip_makes_sense=True)

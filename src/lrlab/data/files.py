@@ -59,7 +59,7 @@ class FileImages(Dataset):
         for i in indices:
             try:
                 images.append(decode(self.paths[i], self.image_size))
-            except (OSError, ValueError, SyntaxError) as error:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 raise UsageError(f"{self.paths[i]} cannot be decoded ({error}); remove it and --resume") from None
         return torch.stack(images)
 

@@ -3,6 +3,7 @@ when the decoded images would not fit the memory budget."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +24,48 @@ if TYPE_CHECKING:
 STATISTICS_SAMPLE = 1024
 
 
+class _ContainedImageFolder(ImageFolder):
+    """torchvision's ImageFolder, listing only what lies inside the root: a link to a folder is not
+    followed (one to a parent or to '.' would list forever or list the same files again), a link
+    to a file is kept only when the file is inside the root, and each file is listed once."""
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        root = os.path.realpath(directory)
+        classes = sorted(entry.name for entry in os.scandir(directory)
+                         if entry.is_dir() and _strictly_inside(os.path.realpath(entry.path), root))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory: str | os.PathLike, class_to_idx: dict[str, int], extensions: Any = None,
+                     is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        root = os.path.realpath(directory)
+        samples, seen = [], set()
+        for class_name, label in sorted(class_to_idx.items()):
+            for folder, _, names in sorted(os.walk(os.path.join(directory, class_name))):  # links to folders not followed
+                for name in sorted(names):
+                    path = os.path.join(folder, name)
+                    real = os.path.realpath(path)
+                    if real in seen or not _strictly_inside(real, root) or not os.path.isfile(real):
+                        continue
+                    if is_valid_file is None or is_valid_file(path):
+                        seen.add(real)
+                        samples.append((path, label))
+        return samples
+
+
+def _strictly_inside(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _image_folder(path: Path) -> ImageFolder:
     from torchvision.datasets import ImageFolder  # torchvision takes seconds to import; only folders need it
 
     try:
         # Every file is offered to the decoder, so a stray non-image is counted and named rather than
         # silently ignored; hidden files (.DS_Store, editor swap files) are not data.
-        return ImageFolder(str(path), is_valid_file=lambda name: not Path(name).name.startswith("."))
+        return _ContainedImageFolder(str(path), is_valid_file=lambda name: not Path(name).name.startswith("."))
     except (FileNotFoundError, OSError) as error:
         raise UsageError(f"{path}: {error}; expected one folder per class with images in it") from None
 
@@ -41,7 +77,7 @@ def _readable(folder: ImageFolder, strict: bool, read: Callable[[str], Any]) -> 
     for path, label in folder.samples:
         try:
             kept.append((path, label, read(path)))
-        except (OSError, ValueError, SyntaxError) as error:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             if strict:
                 raise UsageError(f"{path} cannot be read as an image ({error}); remove it or drop --strict") from None
             broken.append(path)
