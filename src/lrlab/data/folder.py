@@ -24,35 +24,31 @@ if TYPE_CHECKING:
 STATISTICS_SAMPLE = 1024
 
 
-class _ContainedImageFolder(ImageFolder):
-    """torchvision's ImageFolder, listing only what lies inside the root: a link to a folder is not
-    followed (one to a parent or to '.' would list forever or list the same files again), a link
-    to a file is kept only when the file is inside the root, and each file is listed once."""
+def contained_classes(directory: str | os.PathLike) -> list[str]:
+    """The class folders of `directory` that lie inside it (a link to a folder elsewhere is not a class)."""
+    root = os.path.realpath(directory)
+    return sorted(entry.name for entry in os.scandir(directory)
+                  if entry.is_dir() and _strictly_inside(os.path.realpath(entry.path), root))
 
-    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
-        root = os.path.realpath(directory)
-        classes = sorted(entry.name for entry in os.scandir(directory)
-                         if entry.is_dir() and _strictly_inside(os.path.realpath(entry.path), root))
-        if not classes:
-            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-        return classes, {name: index for index, name in enumerate(classes)}
 
-    @staticmethod
-    def make_dataset(directory: str | os.PathLike, class_to_idx: dict[str, int], extensions: Any = None,
-                     is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False) -> list[tuple[str, int]]:
-        root = os.path.realpath(directory)
-        samples, seen = [], set()
-        for class_name, label in sorted(class_to_idx.items()):
-            for folder, _, names in sorted(os.walk(os.path.join(directory, class_name))):  # links to folders not followed
-                for name in sorted(names):
-                    path = os.path.join(folder, name)
-                    real = os.path.realpath(path)
-                    if real in seen or not _strictly_inside(real, root) or not os.path.isfile(real):
-                        continue
-                    if is_valid_file is None or is_valid_file(path):
-                        seen.add(real)
-                        samples.append((path, label))
-        return samples
+def contained_files(directory: str | os.PathLike, class_to_idx: dict[str, int],
+                    is_valid_file: Callable[[str], bool] | None = None) -> list[tuple[str, int]]:
+    """(path, label) of each file under the class folders, walked without following links to folders
+    (one to a parent or to '.' would list forever, or the same files again); a link to a file is kept
+    only when the file is inside the root, and each file is listed once."""
+    root = os.path.realpath(directory)
+    samples, seen = [], set()
+    for class_name, label in sorted(class_to_idx.items()):
+        for folder, _, names in sorted(os.walk(os.path.join(directory, class_name))):
+            for name in sorted(names):
+                path = os.path.join(folder, name)
+                real = os.path.realpath(path)
+                if real in seen or not _strictly_inside(real, root) or not os.path.isfile(real):
+                    continue
+                if is_valid_file is None or is_valid_file(path):
+                    seen.add(real)
+                    samples.append((path, label))
+    return samples
 
 
 def _strictly_inside(path: str, root: str) -> bool:
@@ -62,10 +58,24 @@ def _strictly_inside(path: str, root: str) -> bool:
 def _image_folder(path: Path) -> ImageFolder:
     from torchvision.datasets import ImageFolder  # torchvision takes seconds to import; only folders need it
 
+    class ContainedImageFolder(ImageFolder):
+        """torchvision's ImageFolder, listing only what lies inside its root, each file once."""
+
+        def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+            classes = contained_classes(directory)
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {name: index for index, name in enumerate(classes)}
+
+        @staticmethod
+        def make_dataset(directory: str | os.PathLike, class_to_idx: dict[str, int], extensions: Any = None,
+                         is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+            return contained_files(directory, class_to_idx, is_valid_file)
+
     try:
         # Every file is offered to the decoder, so a stray non-image is counted and named rather than
         # silently ignored; hidden files (.DS_Store, editor swap files) are not data.
-        return _ContainedImageFolder(str(path), is_valid_file=lambda name: not Path(name).name.startswith("."))
+        return ContainedImageFolder(str(path), is_valid_file=lambda name: not Path(name).name.startswith("."))
     except (FileNotFoundError, OSError) as error:
         raise UsageError(f"{path}: {error}; expected one folder per class with images in it") from None
 
