@@ -48,8 +48,9 @@ def cifar_batch(count: int, seed: int, label_key: str = "labels") -> bytes:
     return pickle.dumps(batch, protocol=2)
 
 
-def write_cifar10_archive(path: Path, per_batch: int = 10) -> None:
-    members = {f"data_batch_{i}": cifar_batch(per_batch, i) for i in range(1, 6)}
+def write_cifar10_archive(path: Path, per_batch: int = 10, train_batch: bytes | None = None) -> None:
+    """A CIFAR-10 archive of random batches; `train_batch` replaces each training batch's bytes."""
+    members = {f"data_batch_{i}": train_batch or cifar_batch(per_batch, i) for i in range(1, 6)}
     members["test_batch"] = cifar_batch(per_batch, 9)
     members["batches.meta"] = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}, protocol=2)
     with tarfile.open(path, "w:gz") as archive:

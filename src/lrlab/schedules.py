@@ -181,7 +181,9 @@ class LrLambda:
                 raise UsageError(f"lr_lambda {shown}: unknown name {clip(node.id, 30)!r}; use 'epoch'")
             return
         if isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in self.FUNCTIONS or node.keywords:
+            if isinstance(node.func, ast.Name) and node.func.id not in self.FUNCTIONS:
+                raise UsageError(f"lr_lambda {shown}: unknown name {clip(node.func.id, 30)!r}; {allowed}")
+            if not isinstance(node.func, ast.Name) or node.keywords:
                 raise UsageError(f"lr_lambda {shown}: {allowed}")
             children = node.args
         elif isinstance(node, ast.BinOp) and type(node.op) in self.OPERATORS:
