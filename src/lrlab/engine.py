@@ -322,7 +322,7 @@ def deterministic_algorithms(wanted: bool) -> Iterator[None]:
     except RuntimeError as error:
         if "deterministic" not in str(error):
             raise
-        raise UsageError(f"--deterministic: {str(error).splitlines()[0][:200]}; run without --deterministic") from None
+        raise UsageError(f"--deterministic: {clip(str(error), 200)}; run without --deterministic") from None
     finally:
         torch.use_deterministic_algorithms(saved[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from lrlab.config import RunConfig
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip
 from lrlab.runs import RunDirectory, RunInUse
 
 BACKENDS = ("local", "ray")
@@ -318,10 +318,10 @@ class RayTasks:
                     try:
                         ends = ray.get(ref)
                     except ray.exceptions.RayTaskError as error:  # our code raised: a bug, not a lost worker
-                        reason = str(error).strip().splitlines()[-1][:300]
+                        reason = clip(str(error).strip().splitlines()[-1], 300)
                         ends = [("failed", reason)] * len(tasks)
                     except ray.exceptions.RayError as error:  # the worker or its node died under the runs
-                        why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+                        why = f"{type(error).__name__}: {clip(str(error).strip().splitlines()[0], 200)}"
                         statuses = [RunDirectory(task.config.out).read_status() for task in tasks]
                         unended = [task for task, status in zip(tasks, statuses) if status.get("state") not in ("finished", "diverged")]
                         ends = [(status.get("state"), status.get("reason", "")) for task, status in zip(tasks, statuses)
