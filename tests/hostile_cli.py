@@ -23,7 +23,7 @@ def _alarm(signal_number, frame):
 
 def _warm_up() -> None:
     """Import what the commands import and run one meta-device forward, so a case's seconds are its own work."""
-    import sklearn.datasets  # noqa: F401 - digits need it
+    import sklearn.datasets  # noqa: F401 - the digits data set needs it
     import lrlab.engine
     import lrlab.report  # noqa: F401
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import write_cifar10_archive
+from helpers import slow_epochs, write_cifar10_archive
 
 from lrlab import train
 from lrlab.cli import main
@@ -348,7 +348,7 @@ def test_a_last_row_cut_off_mid_write_is_an_unfinished_epoch_redone_on_resume(tm
 def test_a_second_process_is_refused_before_lr_auto_and_never_writes_into_the_first_run(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(["lrlab", "train", *TINY, "--epochs", "3", "--out", str(out)],
-                             env={**os.environ, "LRLAB_TEST_EPOCH_DELAY": "1"}, stderr=subprocess.PIPE, text=True)
+                             env={**os.environ, **slow_epochs(1)}, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "metrics.csv").exists():
         time.sleep(0.05)
