@@ -83,6 +83,7 @@ REWRITES = {
     "config.yaml not UTF-8": ("config.yaml", b"epochs: 2\nschedule: \xff\xfe\n"),
     "lr_find.json damaged": ("lr_find.json", b'{"pick": "fast"}'),
     "lr_find.json not JSON": ("lr_find.json", b"\x00\x01"),
+    "correct.npz not a zip": ("correct.npz", b"PK\x03\x04 not a zip"),
 }
 
 
@@ -137,6 +138,7 @@ RESUME_DAMAGE = [
     ("status.json not JSON", "status.json is damaged"),
     ("config.yaml not UTF-8", "config.yaml is not UTF-8"),
     ("run.lock a folder", "run.lock is not lrlab's lock file"),
+    ("correct.npz not a zip", "correct.npz is damaged"),
     ("config.yaml schedule edited", "last.pt was saved by a run with a different schedule"),
 ]
 
@@ -189,7 +191,7 @@ def build_cases(earlier: dict[str, Path], scratch: Path, live_pid: int) -> list[
     for optimizer, says in [("sgd:lr=1e308", "at most"), ("lbfgs:lr=0.1", "closure"), ("sparseadam:lr=0.1", "sparse gradients"),
                             ("sgd:lr=-1", "positive")]:
         add(f"optimizer {optimizer}", ["train", *TINY, "--optimizer", optimizer, "--out", fresh("o")], says)
-    add("an epoch of no batch", ["train", *TINY, "--limit-train", "1", "--out", fresh("l")], "make no batch")
+    add("an epoch of no batch", ["train", *TINY, "--limit-train", "1", "--val-fraction", "0", "--out", fresh("l")], "make no batch")
     labels = scratch / "cifar-labels"
     labels.mkdir()
     write_cifar10_archive(labels / "cifar-10-python.tar.gz",
@@ -367,7 +369,7 @@ def test_a_comparison_does_not_mark_failed_a_run_another_process_is_training(tmp
 
     out = tmp_path / "comparison"
     base = tiny(out, epochs=1)
-    other = run_path(out, Variant("constant", "constant"), 0)
+    other = run_path(out, "constant", 0)
     other.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -415,7 +417,7 @@ def test_a_folder_walk_follows_no_link_out_of_the_root_or_into_a_loop_and_counts
     (root / "cat" / "outside.png").symlink_to(outside)   # a file outside the root
     (root / "bird").symlink_to(tmp_path)                 # a class folder outside the root
     started = time.perf_counter()
-    data = load_dataset(f"folder:{root}", image_size=8, val_fraction=0.5)
+    data = load_dataset(f"folder:{root}", image_size=8, test_fraction=0.5)
     assert time.perf_counter() - started < 10
     assert data.classes == ["cat", "dog"]
     assert len(data.train_labels) + len(data.test_labels) == 6
@@ -429,7 +431,7 @@ def test_a_decompression_bomb_png_is_skipped_and_counted(tmp_path, capsys):
     root = image_folder(tmp_path / "images", ("a", "b"), 2)
     Image.new("1", (20_000, 20_000)).save(root / "a" / "bomb.png")  # 400 megapixels in a few KB
     assert (root / "a" / "bomb.png").stat().st_size < 200_000
-    data = load_dataset(f"folder:{root}", image_size=8, val_fraction=0.5)
+    data = load_dataset(f"folder:{root}", image_size=8, test_fraction=0.5)
     assert len(data.train_labels) + len(data.test_labels) == 4
     assert "skipped 1 unreadable" in capsys.readouterr().err
 

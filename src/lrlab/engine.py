@@ -596,6 +596,7 @@ class Trainer:
             raise UsageError(f"{self.run.path} holds files lrlab did not make ({shown}); choose an empty or new --out, "
                              f"or pass --overwrite to write the run among them")
         if self.resume and self.run.holds_run():
+            self.run.read_metrics()  # a damaged metrics.csv is named as such before its columns are looked at
             columns = self.run.metric_columns()
             if columns and "val_acc" not in columns:
                 raise UsageError(f"{self.run.path} was made by an lrlab without a validation split (its metrics.csv has no "

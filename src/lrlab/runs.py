@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -280,12 +281,18 @@ class RunDirectory:
         try:
             with numpy.load(self.correctness_path) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return {}
-        record: dict[str, Any] = {"final_epoch": int(arrays.pop("final_epoch")), "best_epoch": int(arrays.pop("best_epoch"))}
-        for name in [n for n in arrays if not n.endswith("_count")]:
-            count = int(arrays[f"{name}_count"])
-            record[name] = torch.from_numpy(numpy.unpackbits(arrays[name])[:count].astype(bool))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            arrays = {}
+        try:
+            record: dict[str, Any] = {"final_epoch": int(arrays.pop("final_epoch")), "best_epoch": int(arrays.pop("best_epoch"))}
+            for name in [n for n in arrays if not n.endswith("_count")]:
+                count = int(arrays[f"{name}_count"])
+                record[name] = torch.from_numpy(numpy.unpackbits(arrays[name])[:count].astype(bool))
+        except (KeyError, ValueError, TypeError):
+            raise UsageError(f"{self.correctness_path} is damaged (not the arrays lrlab writes); restore it, "
+                             "or start the run afresh with --overwrite") from None
         return record
 
     def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
