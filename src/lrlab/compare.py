@@ -173,7 +173,7 @@ def _refuse_foreign_files(folder: RunDirectory, variants: list[Variant]) -> None
     folder.check_writable()
     if (folder.path / MANIFEST).exists():
         return
-    ours = {"lr_find", *(v.label for v in variants)}
+    ours = {"lr_find", *(v.label.split("/")[0] for v in variants)}
     foreign = [name for name in folder.foreign_files() if name not in ours]
     if foreign:
         raise UsageError(f"{folder.path} holds files lrlab did not make ({', '.join(clip(n, 40) for n in foreign[:3])}"

@@ -56,18 +56,20 @@ def read_manifest(out: Path) -> dict[str, Any]:
         raise UsageError(damaged) from None
     variants = manifest.get("variants") if isinstance(manifest, dict) else None
     seeds = manifest.get("seeds") if isinstance(manifest, dict) else None
+    fields = {"label", "schedule", "optimizer", "lr", "arm"}
     if (not isinstance(manifest.get("base_config") if isinstance(manifest, dict) else None, dict)
             or not isinstance(variants, list) or not variants
-            or not all(isinstance(v, dict) and set(v) <= {"label", "schedule", "optimizer"}
+            or not all(isinstance(v, dict) and set(v) <= fields
                        and isinstance(v.get("label"), str) and isinstance(v.get("schedule"), str) for v in variants)
             or not isinstance(seeds, list) or not seeds
             or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)
-            or manifest.get("baseline") not in [v["label"] for v in variants]):
+            or manifest.get("baseline") not in [v.get("arm") or v["label"] for v in variants] + [v["label"] for v in variants]):
         raise UsageError(damaged)
     for variant in variants:
+        # A label is a folder path inside the comparison (`step/lr=0.1`); none may lead out of it.
         label = variant["label"]
-        if label in ("", ".", "..") or any(c in label for c in "/\\\0"):
-            raise UsageError(damaged)  # a label is a folder name; '..' or '/' would lead out of the comparison
+        if not label or "\0" in label or label.startswith("/") or any(part in ("", ".", "..") for part in label.split("/")):
+            raise UsageError(damaged)
     return manifest
 
 
