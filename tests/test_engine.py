@@ -64,6 +64,20 @@ def test_without_a_validation_split_the_best_epoch_is_chosen_on_test_data(tiny_c
     assert len(Trainer(tiny_config(val_fraction=0, out=config.out + "-2")).train_loader.labels) == 1437
 
 
+def test_correct_npz_records_which_images_the_final_and_best_epochs_got_right(tiny_config):
+    config = tiny_config(epochs=3)
+    result = train(config)
+    run = RunDirectory(config.out)
+    metrics, correct = run.read_metrics(), run.read_correctness()
+    best_row = next(row for row in metrics if row["epoch"] == result.best_epoch)
+    assert (correct["final_epoch"], correct["best_epoch"]) == (3, result.best_epoch)
+    assert len(correct["final_test"]) == 360 and len(correct["final_val"]) == 144
+    assert correct["final_test"].double().mean().item() == pytest.approx(metrics[-1]["test_acc"])
+    assert correct["final_val"].double().mean().item() == pytest.approx(metrics[-1]["val_acc"])
+    assert correct["best_test"].double().mean().item() == pytest.approx(best_row["test_acc"])
+    assert run.correctness_path.stat().st_size < 4_000  # one bit per image (252 bytes here); the rest is zip headers
+
+
 def test_plateau_watches_val_loss_by_default_and_monitor_still_chooses(tiny_config, monkeypatch):
     seen = []
     original = torch.optim.lr_scheduler.ReduceLROnPlateau.step
