@@ -134,8 +134,8 @@ def verdict(comparison: Comparison) -> str:
     if worse:
         lines.append(f"Worse than {base} ({adjusted}): {'; '.join(worse)}.")
     if unclear:
-        lines.append(f"Not distinguishable from {base} with these seeds (adjusted p >= 0.05; the interval includes zero "
-                     f"or nearly): {', '.join(unclear)}.")
+        lines.append(f"Not distinguishable from {base} with these seeds (adjusted p >= 0.05): "
+                     f"{', '.join(unclear)}.")
     if too_few:
         lines.append(f"Fewer than {MIN_SEEDS_FOR_VERDICT} seeds, so no difference is called real: {'; '.join(too_few)}.")
     blurred = [r for r in differences if 1.96 * r.difference.image_se > comparison.min_effect]
