@@ -221,7 +221,7 @@ def build_cases(earlier: dict[str, Path], scratch: Path, live_pid: int) -> list[
         add(f"report of comparison.json {name}", ["report", str(comparison)], "comparison.json is damaged", guarded=comparison)
     add("report of a file", ["report", str(earlier["run"] / "metrics.csv")], "is not a folder", guarded=earlier["run"])
     comparison = copy_of(earlier["comparison"], scratch / "comparisons" / "bad_status")
-    (next(comparison.glob("step*/seed-0")) / "status.json").write_text('"finished"')
+    (next(comparison.glob("StepLR*/seed-0")) / "status.json").write_text('"finished"')
     add("report with a status.json that is a string", ["report", str(comparison)], "status.json is damaged", guarded=comparison)
     # 1. Another live process holds the lock: nothing is written, lr=auto's range test included.
     locked = copy_of(earlier["run"], scratch / "locked")
