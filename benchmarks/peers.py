@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import Compose, Normalize, ToTensor
 
-from lrlab.models import build_model
+from lrlab.models import model_factory
 
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # Fashion-MNIST's training-set mean and standard deviation, as tutorials hard-code them.
@@ -52,8 +52,9 @@ def tutorial_loaders(root: Path, batch_size: int, seed: int, workers: int = 0,
 
 
 def cnn(width: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model("cnn", 1, (28, 28), 10, width)
+    build = model_factory("cnn", {"width": width}, channels=1, image_size=(28, 28), num_classes=10)
+    torch.manual_seed(seed)  # after the factory's trial build, as the Trainer does: the same weights as lrlab's run
+    return build()
 
 
 def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -180,7 +180,7 @@ def test_help_states_each_default_once_and_none_for_required_options(command):
 
 
 def test_width_help_names_every_model_that_has_a_width():
-    from lrlab.models import NAMES
+    from lrlab.models import REGISTRY
 
     text = _option_help("train")["--width"]
-    assert all(name in text for name in NAMES if not name.startswith("torchvision"))
+    assert all(name in text for name in REGISTRY)

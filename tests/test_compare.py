@@ -12,7 +12,7 @@ from lrlab import RunConfig, Trainer, train
 from lrlab.cli import main
 from lrlab.aggregate import Comparison, ScheduleResult, aggregate
 from lrlab.comparison import PRESETS, Variant
-from lrlab.compare import (
+from lrlab.grid import (
     at_lr,
     run_comparison,
     run_config,
@@ -350,7 +350,7 @@ def _lrlab_imports_at_module_level(module: str) -> set[str]:
 def test_rebuilding_a_report_imports_neither_the_grid_runner_nor_the_engine():
     loaded = _lrlab_imports_at_module_level("lrlab.report")
     assert "lrlab.aggregate" in loaded
-    assert not {"lrlab.compare", "lrlab.engine", "lrlab.executors"} & loaded
+    assert not {"lrlab.grid", "lrlab.engine", "lrlab.executors"} & loaded
 
 
 def test_an_lr_sets_the_optimizers_lr_and_the_peak_of_one_cycle_like_schedules():

@@ -12,7 +12,7 @@ from helpers import slow_epochs, without_timing
 
 from lrlab.cli import main
 from lrlab.aggregate import aggregate
-from lrlab.compare import run_comparison
+from lrlab.grid import run_comparison
 from lrlab.comparison import Variant
 from lrlab.errors import UsageError
 from lrlab.executors import (

@@ -188,7 +188,7 @@ def test_a_user_defined_module_trains_stacked_like_separate_copies():
 
 
 def test_a_comparison_plans_passes_of_one_seed_and_says_how(small, capsys):
-    from lrlab.compare import plan_passes
+    from lrlab.grid import plan_passes
     from lrlab.executors import GridTask
 
     base = small("plan")
@@ -208,7 +208,7 @@ def test_a_comparison_plans_passes_of_one_seed_and_says_how(small, capsys):
 
 @pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
 def test_runs_per_pass_must_be_auto_or_a_positive_whole_number(text):
-    from lrlab.compare import parse_runs_per_pass
+    from lrlab.grid import parse_runs_per_pass
     from lrlab.errors import UsageError
 
     with pytest.raises(UsageError, match="--runs-per-pass"):

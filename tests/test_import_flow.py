@@ -20,15 +20,15 @@ SOURCE = Path(__file__).parent.parent / "src"
 # the run directory: the grid runner writes it, the aggregation reads it, and neither imports the other.
 STAGES = {
     "vocabulary": ("lrlab.errors", "lrlab.specs", "lrlab.__version__"),
-    "spec parsers": ("lrlab.schedules", "lrlab.optimizers", "lrlab.preview"),
+    "spec parsers": ("lrlab.schedules", "lrlab.optimizers", "lrlab.preview", "lrlab.imports"),
     "config": ("lrlab.config",),
     "parts": ("lrlab.data", "lrlab.data.*", "lrlab.models", "lrlab.distributed", "lrlab.lrfinder", "lrlab.stacked",
               "lrlab.vectorized", "lrlab.foreach_sgd", "lrlab.steps"),
     "run directory": ("lrlab.runs", "lrlab.comparison"),
     "engine": ("lrlab.engine", "lrlab.group"),
-    "grid runner": ("lrlab.executors", "lrlab.compare"),
+    "grid runner": ("lrlab.executors", "lrlab.grid"),
     "results": ("lrlab.stats", "lrlab.aggregate", "lrlab.report"),
-    "entry points": ("lrlab", "lrlab.__main__", "lrlab.cli"),
+    "entry points": ("lrlab", "lrlab.__main__", "lrlab.cli", "lrlab.api"),
 }
 MAY_USE = {
     "vocabulary": set(),
@@ -95,7 +95,7 @@ def test_the_product_reads_no_test_hook():
 
 @pytest.mark.parametrize("module, never", [
     ("lrlab.config", ("lrlab.data", "lrlab.engine", "lrlab.models")),
-    ("lrlab.report", ("lrlab.engine", "lrlab.executors", "lrlab.compare", "lrlab.data")),
+    ("lrlab.report", ("lrlab.engine", "lrlab.executors", "lrlab.grid", "lrlab.data")),
 ])
 def test_a_fresh_interpreter_loads_nothing_downstream(module, never):
     """What importing `module` really loads, lrlab/__init__.py included."""

@@ -8,7 +8,6 @@ from lrlab.runs import RunDirectory
 from lrlab.schedules import (
     COMBINATORS,
     ScheduleDriver,
-    build_schedule,
     scheduler_classes,
 )
 
@@ -73,7 +72,7 @@ def test_plateau_can_monitor_test_accuracy_and_then_maximises(tiny_config):
 def test_warmup_in_front_of_plateau_ramps_up_then_reduces_on_plateau():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=0.1)
-    driver = build_schedule("warmup(linear,epochs=1,start_factor=0.1)+plateau:factor=0.5,patience=0", optimizer, 5, 5)
+    driver = ScheduleDriver("warmup(linear,epochs=1,start_factor=0.1)+plateau:factor=0.5,patience=0", optimizer, 5, 5)
     lrs = []
     for epoch in range(5):
         for _ in range(5):
@@ -155,11 +154,11 @@ def test_short_and_class_names_resolve_to_the_same_class(short, class_name):
 def test_lambda_schedule_survives_a_state_dict_round_trip():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
-    driver = build_schedule("lambda:lr_lambda=0.5**epoch", optimizer, 5, 1)
+    driver = ScheduleDriver("lambda:lr_lambda=0.5**epoch", optimizer, 5, 1)
     driver.after_epoch({})
     assert optimizer.param_groups[0]["lr"] == 0.5
     state = driver.state_dict()
-    again = build_schedule("lambda:lr_lambda=0.5**epoch", torch.optim.SGD([parameter], lr=1.0), 5, 1)
+    again = ScheduleDriver("lambda:lr_lambda=0.5**epoch", torch.optim.SGD([parameter], lr=1.0), 5, 1)
     again.load_state_dict(state)
     assert again.main.last_epoch == 1
 

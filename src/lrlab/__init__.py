@@ -8,15 +8,19 @@ from lrlab.config import RunConfig, load_config
 from lrlab.errors import UsageError
 
 # These need torch, a second or more to import: loaded on first use, so `lrlab --help` answers at once.
-_NEEDS_TORCH = {"RunResult": "lrlab.engine", "Trainer": "lrlab.engine", "train": "lrlab.engine",
-                "build_schedule": "lrlab.schedules", "parse_schedule": "lrlab.schedules"}
+_NEEDS_TORCH = {"RunResult": ("lrlab.engine", "RunResult"), "Trainer": ("lrlab.engine", "Trainer"),
+                "train": ("lrlab.api", "train"), "compare": ("lrlab.api", "compare"),
+                "ComparisonResult": ("lrlab.api", "ComparisonResult"), "Schedule": ("lrlab.schedules", "ScheduleDriver"),
+                "parse_schedule": ("lrlab.schedules", "parse_schedule")}
 
-__all__ = ["RunConfig", "RunResult", "Trainer", "UsageError", "build_schedule", "load_config", "parse_schedule", "train"]
+__all__ = ["ComparisonResult", "RunConfig", "RunResult", "Schedule", "Trainer", "UsageError", "compare", "load_config",
+           "parse_schedule", "train"]
 
 
 def __getattr__(name: str):
     if name in _NEEDS_TORCH:
-        return getattr(importlib.import_module(_NEEDS_TORCH[name]), name)
+        module, attribute = _NEEDS_TORCH[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'lrlab' has no attribute {name!r}")
 
 

@@ -7,17 +7,20 @@ import signal
 import sys
 import threading
 import typing
-from dataclasses import MISSING, fields, replace
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from lrlab import __version__
 from lrlab.comparison import PRESETS
-from lrlab.config import RunConfig, config_from_dict, load_config
+from lrlab.config import RunConfig, config_from_dict, load_config, read_yaml_mapping
 from lrlab.errors import MESSAGE_LIMIT, UsageError, clip
 
 HELP = {
-    "dataset": "data set: fashion-mnist, mnist, cifar10, cifar100, digits, synthetic or folder:PATH",
-    "model": "model: mlp, cnn, convnet, resnet or torchvision:<name> (e.g. torchvision:resnet18)",
+    "dataset": "data set: fashion-mnist, mnist, cifar10, cifar100, digits, synthetic, folder:PATH, or your own: "
+               "FILE.py:NAME or package.module:NAME, where NAME() returns (train, test) torch Datasets of (image, label)",
+    "model": "model: mlp, cnn, convnet, resnet, torchvision:<name> (e.g. torchvision:resnet18), or your own: "
+             "FILE.py:NAME or package.module:NAME, an nn.Module class or a function returning one",
+    "model_args": "keyword arguments for the model, e.g. width=16,depth=3 (checked against its signature)",
     "width": "base width of mlp/cnn/convnet/resnet (default: the model's own)",
     "optimizer": "optimizer spec, e.g. sgd:lr=0.05,momentum=0.9 or adamw-schedulefree:lr=0.01",
     "schedule": "schedule spec, e.g. step:step_size=5,gamma=0.5 or warmup(linear,epochs=2)+cosine:T_max=18",
@@ -35,9 +38,9 @@ HELP = {
     "split_seed": "seed of the fixed data splits (validation, --limit-* subsets), the same for every run of a comparison",
     "test_fraction": "for folder:PATH without train/test folders, the fraction held out for testing",
     "strict": "stop at the first unreadable image or non-image file instead of skipping it",
-    "memory_budget": "folder data sets larger than this once decoded are streamed from disk: a size (512M, 8G) "
-                     "or a fraction of RAM (default 0.25)",
-    "data_workers": "worker processes decoding a streamed folder data set (default: min(4, cores))",
+    "memory_budget": "folder data sets and your own Datasets larger than this in memory are read batch by batch "
+                     "instead: a size (512M, 8G) or a fraction of RAM (default 0.25)",
+    "data_workers": "worker processes reading a streamed data set (default: min(4, cores))",
     "precision": "auto (bf16 autocast on CPU and CUDA, fp32 on MPS), fp32 or bf16",
     "channels_last": "channels-last memory format (default: on for CPU and CUDA)",
     "deterministic": "bit-identical results on CUDA too (slower there; the CPU is deterministic already)",
@@ -55,6 +58,7 @@ TRAIN_EXAMPLES = """examples:
       --schedule step:step_size=5,gamma=0.5 --epochs 20 --seed 0 --out runs/step
   lrlab train --out runs/step --resume          # continue a stopped run
   lrlab train --config configs/step.yaml        # the same run from a YAML file
+  lrlab train --model nets.py:Net --model-args width=16 --dataset nets.py:load_data --out runs/mine
 """
 
 
@@ -62,6 +66,9 @@ COMPARE_EXAMPLES = """examples:
   lrlab compare --preset article --dataset fashion-mnist --seeds 0 1 2 --out runs/article
   lrlab compare --schedules constant "step:step_size=5,gamma=0.5" "onecycle:max_lr=0.1" \\
       --epochs 20 --seeds 0 1 2 --dataset digits --out runs/mine
+  lrlab compare --model nets.py:Net --model-args width=16 --dataset nets.py:load_data \\
+      --schedules constant "cosine:T_max=20" --epochs 20 --out runs/mine   # your own model and data
+  lrlab compare --config comparison.yaml                          # schedules:, seeds:, baseline:, run options
   lrlab compare ... --workers 2                                   # two runs at once on this machine
   lrlab compare --preset article --seeds 0 1 2 3 4 --backend ray --ray-address auto --storage /mnt/shared --out runs/big
 """
@@ -127,17 +134,18 @@ def build_parser() -> Parser:
                                   epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_argument("--preset", choices=sorted(PRESETS), help=f"a ready set of schedules ({', '.join(PRESETS)})")
     compare.add_argument("--schedules", nargs="+", metavar="SPEC", help="schedule specs to compare (instead of --preset)")
-    compare.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each is one paired run per schedule (default: 0 1 2)")
+    compare.add_argument("--seeds", nargs="+", type=int, help="seeds; each is one paired run per schedule (default: 0 1 2)")
     compare.add_argument("--baseline", help="label of the schedule the others are compared with (default: the first)")
     compare.add_argument("--target-acc", type=float, help="accuracy (0-1) for 'epochs to target' (default: the baseline's final mean)")
     compare.add_argument("--lr", help="the optimizer's LR for every run, or 'auto' to run the LR range test once first")
-    compare.add_argument("--min-effect", type=float, default=0.5, metavar="POINTS",
+    compare.add_argument("--min-effect", type=float, metavar="POINTS",
                          help="the smallest accuracy difference you care about, in points; the report says how many seeds "
                               "would resolve it (default: 0.5)")
     compare.add_argument("--lrs", nargs="+", type=float, metavar="LR",
                          help="run every schedule at each of these LRs and judge each at the one with the best mean validation "
                               "accuracy; an LR sets the optimizer's lr, and max_lr of OneCycleLR and CyclicLR")
-    compare.add_argument("--config", help="YAML file with the training options; options given here override it")
+    compare.add_argument("--config", help="YAML file with schedules:, seeds:, baseline: and any training option; "
+                         "options given here override it")
     where = compare.add_argument_group("where the runs train")
     where.add_argument("--backend", choices=("local", "ray"), default="local", help="local (this machine, the default) or ray")
     where.add_argument("--workers", type=int, default=1, help="local: runs at once, each in its own process (default: 1, in this process)")
@@ -233,53 +241,47 @@ def _train(arguments: argparse.Namespace) -> int:
 
 
 def _compare(arguments: argparse.Namespace) -> int:
-    from lrlab.compare import comparison_lr, run_comparison, variants_from_specs
-    from lrlab.executors import build_executor
-    from lrlab.report import build_report, verdict
-    from lrlab.runs import RunDirectory
+    from lrlab.api import COMPARISON_KEYS, compare
 
-    if bool(arguments.preset) == bool(arguments.schedules):
-        raise UsageError("give either --preset NAME or --schedules SPEC ... (not both)")
-    defaults = {"quiet": True}
+    plan = _comparison_file(arguments.config) if arguments.config else {}
+    given = {f.name: getattr(arguments, f.name) for f in fields(RunConfig) if hasattr(arguments, f.name)}
+    if arguments.preset or arguments.schedules:  # the command line's choice of arms replaces the file's
+        plan.pop("preset", None)
+        plan.pop("schedules", None)
+    for key in COMPARISON_KEYS:
+        if getattr(arguments, key) is not None:
+            plan[key] = getattr(arguments, key)
     quiet = getattr(arguments, "quiet", False)
-    if arguments.preset:
-        preset = PRESETS[arguments.preset]
-        variants = list(preset.variants)
-        defaults["epochs"] = preset.epochs
-        if preset.val_fraction is not None:
-            defaults["val_fraction"] = preset.val_fraction
-        if not quiet:
-            print(f"preset {arguments.preset}: {preset.description}", file=sys.stderr)
-    else:
-        variants = variants_from_specs(arguments.schedules)
-    if not hasattr(arguments, "out"):
-        raise UsageError("compare needs --out DIR for its runs and report")
-    if arguments.target_acc is not None and not 0 < arguments.target_acc <= 1:
-        raise UsageError(f"--target-acc {arguments.target_acc} should be a fraction in (0, 1], e.g. 0.9")
-    base = config_from_arguments(arguments, defaults)
-    if not 0 < arguments.min_effect < 100:
-        raise UsageError(f"--min-effect {arguments.min_effect} should be in points of accuracy, between 0 and 100 (e.g. 0.5)")
-    if arguments.lr is not None and arguments.lrs:
-        raise UsageError("give either --lr (one LR for every run) or --lrs (a sweep), not both")
-    if arguments.storage and not Path(base.out).is_absolute():
-        base = replace(base, out=str(Path(arguments.storage) / base.out))
-    executor = build_executor(arguments.backend, arguments.workers, arguments.cpus_per_run, arguments.gpus_per_run,
-                              arguments.max_retries, arguments.ray_address, storage_given=bool(arguments.storage))
-    # Held from before --lr auto writes its range test until the report is written: a second
-    # comparison on the same --out is refused before it touches anything.
-    with RunDirectory(base.out).locked():
-        if arguments.lr is not None:
-            base = replace(base, optimizer=comparison_lr(arguments.lr, base))
-        outcomes = run_comparison(base, variants, arguments.seeds, base.out, arguments.baseline, arguments.target_acc,
-                                  show_progress=not quiet, executor=executor, runs_per_pass=arguments.runs_per_pass,
-                                  lrs=arguments.lrs, min_effect=arguments.min_effect / 100)
-        comparison = build_report(base.out)
-    print(verdict(comparison))
-    for outcome in outcomes:
+    if plan.get("preset") in PRESETS and not plan.get("schedules") and not quiet:
+        print(f"preset {plan['preset']}: {PRESETS[plan['preset']].description}", file=sys.stderr)
+    result = compare(**plan, **given, backend=arguments.backend, workers=arguments.workers,
+                     cpus_per_run=arguments.cpus_per_run, gpus_per_run=arguments.gpus_per_run,
+                     max_retries=arguments.max_retries, ray_address=arguments.ray_address, storage=arguments.storage,
+                     runs_per_pass=arguments.runs_per_pass)
+    print(result.verdict)
+    for outcome in result.outcomes:
         if outcome.retries:
             print(f"retried: {outcome.label} seed {outcome.seed}, {outcome.retries} time(s), then {outcome.state}")
-    print(f"report: {Path(base.out) / 'report.html'}  table: {Path(base.out) / 'summary.md'}")
-    return 0 if all(o.state == "finished" for o in outcomes) else 1
+    print(f"report: {result.report_path}  table: {result.out / 'summary.md'}")
+    return 0 if all(o.state == "finished" for o in result.outcomes) else 1
+
+
+def _comparison_file(path: str) -> dict:
+    """A comparison's YAML: schedules:, seeds:, baseline:, ... and any run option, each checked here."""
+    from lrlab.api import COMPARISON_KEYS
+    from lrlab.specs import suggestion
+
+    values = read_yaml_mapping(path)
+    known = [*COMPARISON_KEYS, *(f.name for f in fields(RunConfig))]
+    for key in values:
+        if key not in known:
+            raise UsageError(f"{path}: unknown key {key!r}{suggestion(key, known)}")
+    for key in ("schedule", "seed"):
+        if key in values:
+            raise UsageError(f"{path}: a comparison takes {key}s: (a list), not {key}:")
+    run_options = {k: v for k, v in values.items() if k not in COMPARISON_KEYS}
+    config_from_dict(run_options, path)  # a bad run option is reported against the file
+    return values
 
 
 def _find_lr(arguments: argparse.Namespace) -> int:

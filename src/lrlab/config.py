@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from lrlab import imports
 from lrlab.errors import UsageError, clip
-from lrlab.specs import suggestion
+from lrlab.specs import parse_arguments, suggestion
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -40,6 +41,7 @@ class RunConfig:
 
     dataset: str = "fashion-mnist"
     model: str = "cnn"
+    model_args: str = ""
     width: int | None = None
     optimizer: str = "sgd:lr=0.05,momentum=0.9,weight_decay=5e-4"
     schedule: str = "constant"
@@ -122,6 +124,13 @@ class RunConfig:
         if self.val_fraction == 0 and (schedule.monitor or "").startswith("val_"):
             raise UsageError(f"schedule {self.schedule!r} watches {schedule.monitor}, but --val-fraction 0 leaves no "
                              f"validation split; add monitor=test_loss to it (the article's protocol) or keep a split")
+        parse_arguments(self.model_args, "--model-args")
+        for name in ("model", "dataset"):
+            value = getattr(self, name)
+            if imports.is_import_path(value):
+                imports.check_syntax(value, f"--{name}")
+                # Recorded absolute, so a resume, a report or a worker elsewhere finds the same file.
+                setattr(self, name, imports.canonical(value))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,6 +202,11 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 def load_config(path: str | Path) -> RunConfig:
     """Read a run's YAML file (as written into every run directory, or by hand)."""
+    return config_from_dict(read_yaml_mapping(path), str(path))
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The `key: value` lines of a YAML file, with one-line errors for a missing or malformed file."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
@@ -213,7 +227,7 @@ def load_config(path: str | Path) -> RunConfig:
         raise UsageError(f"{path} is not valid YAML: {clip(str(error).splitlines()[0] if str(error) else type(error).__name__, 160)}") from None
     if not isinstance(values, dict):
         raise UsageError(f"{path} should hold key: value lines, e.g. 'schedule: step:step_size=5'")
-    return config_from_dict(values, str(path))
+    return values
 
 
 def config_yaml(config: RunConfig, versions: dict[str, str]) -> str:

@@ -31,7 +31,7 @@ from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError, clip
 from lrlab.foreach_sgd import ARGUMENTS as FOREACH_SGD_ARGUMENTS
 from lrlab.foreach_sgd import ForeachSGD
-from lrlab.models import build_model, training_bytes
+from lrlab.models import check_model, model_arguments, model_factory, training_bytes
 from lrlab.optimizers import (
     build_optimizer,
     is_schedule_free,
@@ -356,12 +356,26 @@ def split_for_run(data: ImageData, config: RunConfig) -> ImageData:
     return limited.split_validation(config.val_fraction, config.split_seed)
 
 
+def run_model_factory(config: RunConfig, data: ImageData, builder: Callable[..., nn.Module] | None = None,
+                      check: bool = True) -> Callable[[], nn.Module]:
+    """A zero-argument callable building a fresh model as `config` says, for `data`; with `check`, built
+    once here and tried on blank images (see `models.check_model`).
+
+    `builder` is the user's model class or function when it was handed over as a Python object.
+    """
+    return model_factory(config.model, model_arguments(config.model, config.model_args, config.width, builder is None),
+                         channels=data.channels, image_size=data.image_size, num_classes=data.num_classes, builder=builder,
+                         check=check)
+
+
 class Trainer:
     """Builds a run from its config and carries it out, epoch by epoch, into a run directory."""
 
     def __init__(self, config: RunConfig, data: ImageData | None = None, resume: bool = False, overwrite: bool = False,
-                 on_epoch: Callable[[int, dict[str, float]], None] | None = None, take_over_lock: bool = False):
-        """`take_over_lock` is for an executor retrying a run whose worker it knows is dead."""
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None, take_over_lock: bool = False,
+                 builder: Callable[..., nn.Module] | None = None):
+        """`take_over_lock` is for an executor retrying a run whose worker it knows is dead; `builder` is
+        the user's model class or function when it was handed over as a Python object."""
         self.config = config.validate()
         self.on_epoch = on_epoch
         self.ranks = distributed.from_environment()
@@ -412,10 +426,12 @@ class Trainer:
         if len(self.train_loader) == 0:
             raise UsageError(f"{len(self.data.train_labels)} training image(s) make no batch (a batch needs at least 2, "
                              f"for BatchNorm); give --limit-train 2 or more")
-        self._check_footprint()
+        build_model = run_model_factory(config, self.data, builder, check=False)
+        self._check_footprint(build_model)
+        check_model(config.model, build_model, self.data.channels, self.data.image_size, self.data.num_classes)
         # The seed fixes the initial weights, so every schedule in a comparison starts alike.
         torch.manual_seed(config.seed)
-        model = build_model(config.model, self.data.channels, self.data.image_size, self.data.num_classes, config.width)
+        model = build_model()
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.forward_model = self._data_parallel() if self.ranks.distributed else self.model
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -442,11 +458,10 @@ class Trainer:
         self.best = BestEpoch(self.run)
         self.elapsed_seconds = 0.0
 
-    def _check_footprint(self) -> None:
+    def _check_footprint(self, build_model: Callable[[], nn.Module]) -> None:
         """Refuse, before building anything, a model and batch that this device cannot hold while training."""
         config = self.config
-        needed = training_bytes(config.model, self.data.channels, self.data.image_size, self.data.num_classes,
-                                config.width, config.batch_size)
+        needed = training_bytes(build_model, self.data.channels, self.data.image_size, config.batch_size)
         available = device_memory_bytes(self.device)
         if needed is not None and needed > available:
             height, width = self.data.image_size
@@ -783,7 +798,8 @@ class Trainer:
 
 
 def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
-            diverge: float = 4.0, repeats: int = 1, data: ImageData | None = None) -> dict[str, Any]:
+            diverge: float = 4.0, repeats: int = 1, data: ImageData | None = None,
+            builder: Callable[..., nn.Module] | None = None) -> dict[str, Any]:
     """LR range test(s) for `config` (seeds seed, seed+1, ...); writes lr_find.* into config.out."""
     lrfinder.check_settings(start, end, steps, mode, diverge)
     if repeats < 1:
@@ -793,17 +809,18 @@ def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: in
     fixed = replace(config, optimizer=with_lr(config.optimizer, start))
     tests = []
     for repeat in range(repeats):
-        trainer = Trainer(replace(fixed, seed=config.seed + repeat), data)
+        trainer = Trainer(replace(fixed, seed=config.seed + repeat), data, builder=builder)
         tests.append(trainer.range_test(start, end, steps, mode, diverge))
     return lrfinder.write_outputs(config.out, tests)
 
 
-def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data: ImageData | None = None) -> RunResult:
-    """Train one model as `config` says, into `config.out`; the library's main entry point.
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data: ImageData | None = None,
+          builder: Callable[..., nn.Module] | None = None) -> RunResult:
+    """Train one model as `config` says, into `config.out`.
 
     Under torchrun every process calls this; together they train one run, written by rank 0.
     """
-    trainer = Trainer(config, data, resume=resume, overwrite=overwrite)
+    trainer = Trainer(config, data, resume=resume, overwrite=overwrite, builder=builder)
     try:
         return trainer.fit()
     finally:

@@ -13,6 +13,7 @@ import multiprocessing.connection
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -51,29 +52,39 @@ class GridOutcome:
 
 
 def train_pass(configs: list[RunConfig], threads: int | None = None, take_over_lock: bool = False,
-               data: Any = None, on_epoch: list[Callable | None] | None = None) -> list[tuple[str, str]]:
-    """Train one pass (one run alone, or a group in one pass); each run's final state and reason."""
+               data: Any = None, on_epoch: list[Callable | None] | None = None, builder: Callable | None = None,
+               where: str = "") -> list[tuple[str, str]]:
+    """Train one pass (one run alone, or a group in one pass); each run's final state and reason.
+
+    `builder` is a model given as a Python object (in process only); `where` starts a failure's
+    reason, to say which machine it happened on.
+    """
     if len(configs) == 1:
-        return [train_or_resume(configs[0], threads, take_over_lock, data, (on_epoch or [None])[0])]
+        return [train_or_resume(configs[0], threads, take_over_lock, data, (on_epoch or [None])[0], builder, where)]
     from lrlab.group import train_group
 
     if threads:
         torch.set_num_threads(threads)
     runs = [RunDirectory(config.out) for config in configs]
     try:
-        train_group(configs, data, on_epoch, take_over_lock)
+        train_group(configs, data, on_epoch, take_over_lock, builder=builder)
     except RunInUse as error:
         return [("failed", str(error)) for _ in runs]  # another process's run: nothing of it is ours to mark
     except UsageError as error:
         for run in runs:
             if run.path.exists() and run.read_status().get("state") not in ("finished", "diverged"):
-                run.write_status("failed", reason=str(error))
+                run.write_status("failed", reason=f"{where}{error}")
     return [(status.get("state", "unknown"), status.get("reason", "")) for status in (run.read_status() for run in runs)]
 
 
 def train_or_resume(config: RunConfig, threads: int | None = None, take_over_lock: bool = False,
-                    data: Any = None, on_epoch: Callable | None = None) -> tuple[str, str]:
-    """Train one run, resuming whatever an earlier attempt left; returns its final state and reason."""
+                    data: Any = None, on_epoch: Callable | None = None, builder: Callable | None = None,
+                    where: str = "") -> tuple[str, str]:
+    """Train one run, resuming whatever an earlier attempt left; returns its final state and reason.
+
+    `builder` is a model given as a Python object (in process only); `where` starts a failure's
+    reason, to say which machine it happened on.
+    """
     from lrlab.engine import Trainer
 
     if threads:
@@ -82,13 +93,14 @@ def train_or_resume(config: RunConfig, threads: int | None = None, take_over_loc
     try:
         with run.locked(take_over_lock):
             try:
-                Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch).fit()
+                Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch, builder=builder).fit()
             except UsageError as error:
-                run.write_status("failed", reason=str(error))
-                return "failed", str(error)
+                reason = f"{where}{error}"
+                run.write_status("failed", reason=reason)
+                return "failed", reason
             status = run.read_status()
     except RunInUse as error:
-        return "failed", str(error)  # another process's run: nothing of it is ours to mark
+        return "failed", f"{where}{error}"  # another process's run: nothing of it is ours to mark
     return status.get("state", "unknown"), status.get("reason", "")
 
 
@@ -128,10 +140,11 @@ class GridProgress:
 
 
 class InProcess:
-    """One run after another in this process: the default, and the only one that shares loaded data."""
+    """One run after another in this process: the default, and the only one that shares loaded data
+    and can train a model given as a Python object (`builder`)."""
 
-    def __init__(self, threads: int | None = None):
-        self.threads = threads
+    def __init__(self, threads: int | None = None, builder: Callable | None = None):
+        self.threads, self.builder = threads, builder
 
     @contextmanager
     def session(self, out: Path) -> Iterator[None]:
@@ -151,7 +164,8 @@ class InProcess:
                 progress.refresh(f"{where}, epoch {epoch}, test acc {metrics['test_acc']:.2%}")
 
             progress.refresh(where)
-            ends = train_pass([task.config for task in tasks], self.threads, data=data, on_epoch=[on_epoch] * len(tasks))
+            ends = train_pass([task.config for task in tasks], self.threads, data=data, on_epoch=[on_epoch] * len(tasks),
+                              builder=self.builder)
             outcomes += [GridOutcome(task.label, task.seed, state, reason) for task, (state, reason) in zip(tasks, ends)]
         return outcomes
 
@@ -301,7 +315,7 @@ class RayTasks:
 
     def run(self, passes: list[list[GridTask]], progress: GridProgress, data: Any = None) -> list[GridOutcome]:
         ray = self.ray
-        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(train_pass)
+        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(_train_on_ray_node)
         threads = max(1, int(self.cpus))
 
         def submit(tasks: list[GridTask], attempt: int) -> Any:
@@ -339,6 +353,11 @@ class RayTasks:
             for ref in in_flight:
                 ray.cancel(ref, force=True)
         return [outcomes[task.label, task.seed] for tasks in passes for task in tasks]
+
+
+def _train_on_ray_node(configs: list[RunConfig], threads: int, take_over_lock: bool) -> list[tuple[str, str]]:
+    """A Ray task: one pass, whose failures name the node (a model file the driver imports may be missing there)."""
+    return train_pass(configs, threads, take_over_lock, where=f"on node {socket.gethostname()}: ")
 
 
 def _reads_token(path: str, token: str) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from lrlab.config import RunConfig
-from lrlab.engine import Diverged, RunResult, Trainer, deterministic_algorithms, resolve_device
+from lrlab.engine import Diverged, RunResult, Trainer, deterministic_algorithms, resolve_device, run_model_factory
 from lrlab.errors import UsageError
 from lrlab.optimizers import parse_optimizer
 from lrlab.runs import RunDirectory
@@ -54,14 +54,16 @@ def group_key(config: RunConfig) -> tuple | None:
 
 
 def train_group(configs: list[RunConfig], data=None, on_epoch: list[Callable | None] | None = None,
-                take_over_lock: bool = False) -> list[RunResult]:
-    """Train (or resume) `configs`, which share a `group_key`, together; one RunResult per config."""
+                take_over_lock: bool = False, builder: Callable | None = None) -> list[RunResult]:
+    """Train (or resume) `configs`, which share a `group_key`, together; one RunResult per config.
+
+    `builder` is the user's model class or function when it was given as a Python object."""
     keys = {group_key(config) for config in configs}
     if len(keys) != 1 or None in keys:
         raise ValueError("these runs cannot share a pass; group them with group_key first")
     on_epoch = on_epoch or [None] * len(configs)
     trainers = [Trainer(config, data, resume=RunDirectory(config.out).holds_run(), on_epoch=callback,
-                        take_over_lock=take_over_lock)
+                        take_over_lock=take_over_lock, builder=builder)
                 for config, callback in zip(configs, on_epoch)]
     for trainer in trainers:
         trainer.drive(ArmOptimizer(trainer.optimizer_spec, trainer.model.parameters()))
@@ -77,21 +79,20 @@ MAX_CUDA_RUNS_PER_PASS = 32
 CUDA_MEMORY_SHARE = 0.7  # of the free memory, the rest left for the allocator's fragmentation
 
 
-def auto_runs_per_pass(config: RunConfig, data) -> int:
-    """How many runs one pass should train: what pays on the CPU, what fits the free memory on a GPU."""
+def auto_runs_per_pass(config: RunConfig, data, builder: Callable | None = None) -> int:
+    """How many runs one pass should train: what pays on the CPU, what fits the free memory on a GPU
+    (`builder`: the model, when it was given as a Python object)."""
     device = resolve_device(config.device)
     if device.type != "cuda":
         return CPU_RUNS_PER_PASS
-    return max(1, min(MAX_CUDA_RUNS_PER_PASS, int(CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0] // _cuda_bytes_per_run(config, data, device))))
+    return max(1, min(MAX_CUDA_RUNS_PER_PASS, int(CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0] // _cuda_bytes_per_run(config, data, device, builder))))
 
 
-def _cuda_bytes_per_run(config: RunConfig, data, device: torch.device) -> int:
+def _cuda_bytes_per_run(config: RunConfig, data, device: torch.device, builder: Callable | None) -> int:
     """The peak memory one arm of a stacked model takes for a training step, measured on one batch."""
     from torch import nn
 
-    from lrlab.models import build_model
-
-    model = build_model(config.model, data.channels, data.image_size, data.num_classes, config.width).to(device)
+    model = run_model_factory(config, data, builder)().to(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     stacked = StackedModel([model], nn.CrossEntropyLoss())

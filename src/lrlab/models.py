@@ -1,16 +1,22 @@
-"""Models by name: `mlp`, `cnn`, `convnet`, `resnet`, and `torchvision:<name>` for any torchvision classifier."""
+"""Models by name: `mlp`, `cnn`, `convnet`, `resnet`, `torchvision:<name>` for any torchvision
+classifier, and the user's own, `file.py:Name` or `package.module:Name`, all behind one registry."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from lrlab import imports
 from lrlab.errors import UsageError
-from lrlab.specs import suggestion
+from lrlab.specs import check_arguments, parse_arguments, suggestion
 
-NAMES = ("mlp", "cnn", "convnet", "resnet", "torchvision:<name>")
+NAMES = ("mlp", "cnn", "convnet", "resnet", "torchvision:<name>", "FILE.py:NAME", "package.module:NAME")
+# What lrlab's own builders are told about the data; the user's own models are told nothing.
+SHAPE_ARGUMENTS = ("channels", "image_size", "num_classes")
 
 
 def mlp(channels: int, image_size: tuple[int, int], num_classes: int, width: int = 512) -> nn.Module:
@@ -74,7 +80,8 @@ def resnet(channels: int, image_size: tuple[int, int], num_classes: int, width: 
     return nn.Sequential(*layers)
 
 
-def _torchvision_model(name: str, channels: int, num_classes: int) -> nn.Module:
+def _torchvision_model(name: str, channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+    """Any torchvision classifier, untrained, with `num_classes` outputs and `channels` inputs."""
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -102,34 +109,106 @@ def _adapt_first_conv(model: nn.Module, channels: int, name: str) -> None:
     raise UsageError(f"torchvision model {name!r} has no convolution to adapt to {channels} channels")
 
 
-def build_model(name: str, channels: int, image_size: tuple[int, int], num_classes: int, width: int | None = None) -> nn.Module:
-    """The model `name` for images of `channels` x `image_size` and `num_classes` classes."""
-    builders = {"mlp": mlp, "cnn": cnn, "convnet": convnet, "resnet": resnet}
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "convnet": convnet, "resnet": resnet}
+
+
+def find_builder(name: str) -> tuple[Callable[..., Any], tuple[str, ...]]:
+    """The callable behind model `name`, and which of its arguments lrlab fills in from the data."""
     if name.startswith("torchvision:"):
-        if width is not None:
-            raise UsageError("--width applies to mlp, cnn, convnet and resnet, not to torchvision models")
-        model = _torchvision_model(name.partition(":")[2], channels, num_classes)
-    elif name in builders:
-        if width is not None and width < 1:
-            raise UsageError(f"--width {width} should be a positive whole number")
-        keywords = {"width": width} if width is not None else {}
-        model = builders[name](channels, image_size, num_classes, **keywords)
-    else:
-        raise UsageError(f"unknown model {name!r}{suggestion(name, builders)}; known: {', '.join(NAMES)}")
+        return functools.partial(_torchvision_model, name.partition(":")[2]), SHAPE_ARGUMENTS
+    if name in REGISTRY:
+        return REGISTRY[name], SHAPE_ARGUMENTS
+    if imports.is_import_path(name):
+        return imports.load(name, "--model"), ()
+    if imports.is_python_object(name):
+        raise UsageError(f"model {name!r} was a Python object handed to lrlab.train or lrlab.compare and cannot be "
+                         f"imported again; pass it again from Python, or name it by import path (nets.py:Net)")
+    raise UsageError(f"unknown model {name!r}{suggestion(name, REGISTRY)}; known: {', '.join(NAMES)}")
+
+
+def model_factory(
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    builder: Callable[..., Any] | None = None,
+    check: bool = True,
+) -> Callable[[], nn.Module]:
+    """A zero-argument callable that builds a fresh, untrained model `name` for this data.
+
+    `builder` is the user's class or function when it was given as a Python object (then `name`
+    only labels it). With `check` the model is built once here and tried on a batch of blank
+    images, so a model that cannot work ends with one line before any run starts.
+    """
+    filled: tuple[str, ...] = ()
+    if builder is None:
+        builder, filled = find_builder(name)
+    if isinstance(builder, nn.Module) or not callable(builder):
+        what = "an nn.Module instance" if isinstance(builder, nn.Module) else f"a {type(builder).__name__}"
+        raise UsageError(f"model {name!r} is {what}; give an nn.Module class or a function that returns a new model "
+                         f"(every run starts from fresh weights)")
+    try:
+        check_arguments(builder, arguments, f"model {name!r}", filled_by_lrlab=filled)
+    except ValueError:  # a callable whose signature Python cannot read: let the call itself complain
+        pass
+    shape = {"channels": channels, "image_size": image_size, "num_classes": num_classes}
+    factory = functools.partial(builder, **{k: shape[k] for k in filled}, **arguments)
+    if check:
+        check_model(name, factory, channels, image_size, num_classes)
+    return factory
+
+
+def check_model(name: str, factory: Callable[[], Any], channels: int, image_size: tuple[int, int], num_classes: int) -> None:
+    """Build the model once and try it on two blank images: one line for each way it cannot work."""
+    try:
+        model = factory()
+    except UsageError:
+        raise
+    except Exception as error:  # the user's code: say which model and what went wrong, in one line
+        raise UsageError(f"model {name!r} could not be built: {type(error).__name__}: {_first_line(error)}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model {name!r} returned a {type(model).__name__}, not an nn.Module")
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(2, channels, *image_size))
-    except RuntimeError as error:
+            logits = model.eval()(torch.zeros(2, channels, *image_size))
+    except Exception as error:
         raise UsageError(f"model {name!r} does not accept {channels}x{image_size[0]}x{image_size[1]} images "
-                         f"({str(error).splitlines()[0]}); try --image-size") from None
-    return model.train()
+                         f"({_first_line(error)}); try --image-size") from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise UsageError(f"model {name!r} should return logits of shape (batch, {num_classes}) for this data set's "
+                         f"{num_classes} classes, but returned {got} for a batch of 2")
 
 
-def training_bytes(name: str, channels: int, image_size: tuple[int, int], num_classes: int, width: int | None,
-                   batch_size: int) -> int | None:
-    """About what training the model takes: weights, gradients and two optimizer states per parameter,
-    plus one batch's layer outputs (kept for the backward pass). Sized on torch's meta device, so
-    nothing is allocated; None where a model cannot be built there."""
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def model_arguments(name: str, model_args: str, width: int | None, by_name: bool = True) -> dict[str, Any]:
+    """The keyword arguments for model `name`: --model-args, with --width as a shorthand for width= for
+    lrlab's own models (`by_name` False: the model was handed over as a Python object)."""
+    arguments = parse_arguments(model_args or "", "--model-args")
+    if width is not None:
+        if not by_name or name not in REGISTRY:
+            if by_name:
+                find_builder(name)  # an unknown name is the first thing to say
+            raise UsageError(f"--width applies to {', '.join(REGISTRY)}; for {name!r} pass --model-args width={width} "
+                             f"if it takes one")
+        if width < 1:
+            raise UsageError(f"--width {width} should be a positive whole number")
+        if "width" in arguments:
+            raise UsageError("width is given twice, by --width and by --model-args; keep one")
+        arguments["width"] = width
+    return arguments
+
+
+def training_bytes(factory: Callable[[], nn.Module], channels: int, image_size: tuple[int, int], batch_size: int) -> int | None:
+    """About what training the model `factory` builds takes: weights, gradients and two optimizer states
+    per parameter, plus one batch's layer outputs (kept for the backward pass). Sized on torch's meta
+    device, so nothing is allocated; None where a model cannot be built there."""
     outputs: list[int] = []
 
     def count(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -137,7 +216,7 @@ def training_bytes(name: str, channels: int, image_size: tuple[int, int], num_cl
 
     try:
         with torch.device("meta"):
-            model = build_model(name, channels, image_size, num_classes, width)
+            model = factory()
             for module in model.modules():
                 if not any(module.children()):
                     module.register_forward_hook(count)

@@ -423,7 +423,14 @@ class ScheduleDriver:
     torch's SequentialLR cannot do).
     """
 
-    def __init__(self, spec: ScheduleSpec, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
+    def __init__(self, spec: ScheduleSpec | str, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
+        if isinstance(spec, str):
+            spec = parse_schedule(spec)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise UsageError(f"a schedule drives a torch.optim optimizer, not a {type(optimizer).__name__}")
+        for name, value, least in (("epochs", epochs, 1), ("steps_per_epoch", steps_per_epoch, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UsageError(f"{name}={value!r} should be a whole number of at least {least}")
         self.spec = spec
         self.optimizer = optimizer
         self.warmup_steps = spec.warmup_steps(steps_per_epoch)
@@ -467,6 +474,9 @@ class ScheduleDriver:
         if self.main is None or self.spec.per_step or not epoch_began_after_warmup:
             return
         if self.spec.is_plateau:
+            if self.spec.monitor not in metrics:
+                raise UsageError(f"schedule {self.spec.text!r} monitors {self.spec.monitor}; pass it to after_epoch, "
+                                 f"as in after_epoch({{'{self.spec.monitor}': value}})")
             self.main.step(metrics[self.spec.monitor])
         else:
             self.main.step()
@@ -488,15 +498,6 @@ class ScheduleDriver:
             self.main.load_state_dict(state["main"])
         if self.warmup is not None:
             self.warmup.load_state_dict(state["warmup"])
-
-
-def build_schedule(
-    spec: ScheduleSpec | str, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
-) -> ScheduleDriver:
-    """The driver for `spec` on `optimizer` over a run of `epochs` x `steps_per_epoch`."""
-    if isinstance(spec, str):
-        spec = parse_schedule(spec)
-    return ScheduleDriver(spec, optimizer, epochs, steps_per_epoch)
 
 
 def describe_schedules() -> list[tuple[str, str, str]]:

@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import os
 
-import torch
-import torch.nn.functional as F
-
+from lrlab import imports
 from lrlab.config import memory_budget_bytes
-from lrlab.data import cifar, digits, folder, idx, synthetic
-from lrlab.data.base import ImageData, cache_dir
+from lrlab.data import cifar, digits, folder, idx, synthetic, torch_datasets
+from lrlab.data.base import ImageData, cache_dir, resize_images
 from lrlab.data.loader import BatchLoader
 from lrlab.errors import UsageError
 from lrlab.specs import suggestion
 
-NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic", "folder:PATH")
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic", "folder:PATH", "FILE.py:NAME",
+         "package.module:NAME")
 
 
 def load_dataset(
@@ -37,10 +31,16 @@ def load_dataset(
 ) -> ImageData:
     """Load data set `name` (see NAMES), resized to `image_size` when one is given.
 
-    Everything is held in memory, except a folder data set larger than `memory_budget` once decoded.
+    Everything is held in memory, except a folder data set or the user's own Datasets (`file.py:NAME`)
+    when larger than `memory_budget`.
     """
     if name.startswith("folder:"):
         return folder.load(name.partition(":")[2], image_size, test_fraction, strict, memory_budget)
+    if imports.is_import_path(name):
+        return torch_datasets.load(name, image_size, memory_budget)
+    if imports.is_python_object(name):
+        raise UsageError(f"data set {name!r} was handed to lrlab.train or lrlab.compare as Python objects and cannot be "
+                         f"loaded again; pass it again from Python, or name a function returning it (data.py:load)")
     if name in idx.SOURCES:
         data = idx.load(name, data_dir)
     elif name in cifar.SOURCES:
@@ -60,7 +60,7 @@ def load_dataset(
             raise UsageError(f"{name} resized to {image_size}x{image_size} takes about {needed / 2**30:,.1f} GiB in memory, "
                              f"more than the memory budget of {budget / 2**30:,.1f} GiB (--memory-budget); "
                              f"give a smaller --image-size")
-        data.train_images, data.test_images = _resize(data.train_images, image_size), _resize(data.test_images, image_size)
+        data.train_images, data.test_images = resize_images(data.train_images, image_size), resize_images(data.test_images, image_size)
     return data
 
 
@@ -76,6 +76,7 @@ def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[tuple[s
     rows.append(("digits", "embedded in scikit-learn (always available)"))
     rows.append(("synthetic", "generated (always available)"))
     rows.append(("folder:PATH", "your images: PATH/train/<class>/*, PATH/test/<class>/*, or PATH/<class>/*"))
+    rows.append(("FILE.py:NAME", "your Datasets: NAME() returns (train, test) torch Datasets of (image, label)"))
     return rows
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from lrlab.errors import UsageError
 
 
 @dataclass
 class ImageData:
-    """A data set: uint8 images (N, C, H, W) and int64 labels for each split, in memory or, for large
-    folders, as `FileImages` decoded batch by batch."""
+    """A data set: images (N, C, H, W) and int64 labels for each split, in memory or, for large folders
+    and large user Datasets, read batch by batch (`FileImages`, `DatasetImages`). Images are uint8
+    (0-255), or float where a user's Dataset gives float images."""
 
     name: str
     train_images: torch.Tensor
@@ -35,8 +38,8 @@ class ImageData:
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if images is None:
                 continue
-            if images.dtype != torch.uint8 or images.dim() != 4:
-                raise ValueError(f"{split} images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            if not (images.dtype == torch.uint8 or images.dtype.is_floating_point) or images.dim() != 4:
+                raise ValueError(f"{split} images must be uint8 or float (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
             if len(images) != len(labels):
                 raise UsageError(f"{self.name}: {len(images)} {split} images but {len(labels)} labels")
 
@@ -112,9 +115,32 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tupl
 
 
 def pixel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), in [0, 1] units."""
-    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).float() / 255
+    """Per-channel mean and standard deviation of images (N, C, H, W): uint8 in [0, 1] units, float as they are."""
+    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).float()
+    if images.dtype == torch.uint8:
+        pixels /= 255
     return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-3).tolist()
+
+
+STATISTICS_SAMPLE = 1024
+
+
+def sampled_statistics(images: Any) -> tuple[list[float], list[float]]:
+    """Channel statistics from a fixed sample of the training images, the same whether the images are
+    in memory or read batch by batch (anything with `__getitems__`)."""
+    sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:STATISTICS_SAMPLE].sort().values
+    picked = images[sample]
+    if not isinstance(picked, torch.Tensor):
+        picked = picked.__getitems__(list(range(len(picked))))
+    return pixel_statistics(picked)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (N, C, H, W) resized to size x size (bilinear, antialiased); uint8 stays uint8."""
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if images.dtype == torch.uint8:
+        return resized.round().clamp(0, 255).to(torch.uint8)
+    return resized.to(images.dtype)
 
 
 def cache_dir(name: str) -> Path:

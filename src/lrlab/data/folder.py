@@ -13,15 +13,13 @@ import torch
 from PIL import Image
 
 from lrlab.config import memory_budget_bytes
-from lrlab.data.base import ImageData, pixel_statistics, stratified_holdout
+from lrlab.data.base import ImageData, sampled_statistics, stratified_holdout
 from lrlab.data.files import FileImages, decode
 from lrlab.errors import UsageError
 
 DEFAULT_IMAGE_SIZE = 32
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
-
-STATISTICS_SAMPLE = 1024
 
 
 def contained_classes(directory: str | os.PathLike) -> list[str]:
@@ -114,15 +112,6 @@ def _split(folder: ImageFolder, size: int, strict: bool, stream: bool) -> tuple[
     return images, torch.tensor([label for _, label, _ in samples], dtype=torch.long)
 
 
-def _statistics(images: torch.Tensor | FileImages) -> tuple[list[float], list[float]]:
-    """Channel statistics from a fixed sample of the training images, the same in memory and streamed."""
-    sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:STATISTICS_SAMPLE].sort().values
-    picked = images[sample]
-    if isinstance(picked, FileImages):
-        picked = picked.__getitems__(list(range(len(picked))))
-    return pixel_statistics(picked)
-
-
 def load(path: str, image_size: int | None, test_fraction: float, strict: bool = False,
          memory_budget: str | None = None) -> ImageData:
     """`path/train/<class>/*` and `path/test/<class>/*`, or one `path/<class>/*` of which `test_fraction`
@@ -153,4 +142,4 @@ def load(path: str, image_size: int | None, test_fraction: float, strict: bool =
         train_index, test_index = stratified_holdout(labels, test_fraction, seed=0)
         train, test = (images[train_index], labels[train_index]), (images[test_index], labels[test_index])
     return ImageData(f"folder:{root}", *train, *test, folders[0].classes, str(root), flip_makes_sense=True,
-                     statistics=_statistics(train[0]))
+                     statistics=sampled_statistics(train[0]))

@@ -23,7 +23,11 @@ def batches_per_epoch(count: int, batch_size: int, shuffle: bool = True, world: 
 
 
 class BatchLoader:
-    """Iterates (images, labels) batches: images normalised float32, labels int64, on `device`."""
+    """Iterates (images, labels) batches: images normalised float32, labels int64, on `device`.
+
+    uint8 images are scaled to [0, 1] first; float images are taken as they are. Both are then
+    standardised with the per-channel `mean` and `std`.
+    """
 
     def __init__(
         self,
@@ -114,7 +118,9 @@ class BatchLoader:
             labels = self.labels[index.to(self.device, non_blocking=True)]
             if self.augment != "none":
                 images = self._augment(images, augment_generator, len(batch), rows)
-            images = (images.float().div_(255) - self.mean) / self.std
+            if images.dtype == torch.uint8:
+                images = images.float().div_(255)
+            images = (images - self.mean) / self.std
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, labels

@@ -1,4 +1,6 @@
-"""Schedules side by side: a grid of ordinary runs (schedule x seed); `aggregate` reads the results back.
+"""Schedules side by side: the grid of ordinary runs (schedule x seed) behind `lrlab.compare` and
+`lrlab compare`; `aggregate` reads the results back. (Named grid, not compare, so that `lrlab.compare`
+is the function.)
 
 Every run of one seed starts from the same weights and sees the same batches, so differences
 between schedules are paired. A finished run is skipped and an unfinished one resumed, so a
@@ -102,6 +104,7 @@ def run_comparison(
     runs_per_pass: int | str = "auto",
     lrs: list[float] | None = None,
     min_effect: float = DEFAULT_MIN_EFFECT,
+    data: Any = None,
 ) -> list[GridOutcome]:
     """Train every variant with every seed (and at every LR of `lrs`) into `out`, skipping finished
     runs and resuming the rest.
@@ -112,8 +115,9 @@ def run_comparison(
     With `lrs` the report picks each schedule's LR on validation data (see `at_lr` for which
     argument an LR sets). `min_effect` is the smallest accuracy difference (0-1) the user cares
     about: the report says how many seeds would resolve it.
+    `data` is the loaded data set, when the caller has it already.
     """
-    from lrlab.engine import load_run_data, split_for_run
+    from lrlab.engine import load_run_data, run_model_factory, split_for_run
 
     out = Path(out)
     parse_runs_per_pass(runs_per_pass)
@@ -135,7 +139,9 @@ def run_comparison(
         _refuse_foreign_files(folder, variants)
         with executor.session(out):
             _write_manifest(out, base, variants, seeds, baseline, target_acc, min_effect)
-            data = load_run_data(base)
+            data = data if data is not None else load_run_data(base)
+            builder = getattr(executor, "builder", None)  # a model given as a Python object (in process only)
+            run_model_factory(base, data, builder)  # a model that cannot work stops here, once
             run_data = split_for_run(data, base)
             steps_per_epoch = _steps_per_epoch(base, run_data)
             for line in doctor_test_set(len(run_data.test_labels), min_effect):
@@ -151,7 +157,7 @@ def run_comparison(
                     outcomes[task.label, task.seed] = GridOutcome(task.label, task.seed, status["state"], status.get("reason", ""))
                 else:
                     waiting.append(task)
-            passes, plan = plan_passes(waiting, runs_per_pass, base, data)
+            passes, plan = plan_passes(waiting, runs_per_pass, base, data, builder)
             progress = GridProgress(tasks, base.epochs, show_progress)
             for line in plan:
                 progress.say(line)
@@ -193,13 +199,14 @@ def parse_runs_per_pass(text: str | int) -> int | str:
     return value
 
 
-def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig, data) -> tuple[list[list[GridTask]], list[str]]:
+def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig, data,
+                builder: Any = None) -> tuple[list[list[GridTask]], list[str]]:
     """The passes that train `tasks` (runs of one seed that can share their batches go together,
     at most `runs_per_pass` a pass), and the lines that tell the user how they were grouped."""
     from lrlab.group import alone_reason, auto_runs_per_pass, group_key
 
     runs_per_pass = parse_runs_per_pass(runs_per_pass)
-    size = auto_runs_per_pass(base, data) if runs_per_pass == "auto" else runs_per_pass
+    size = auto_runs_per_pass(base, data, builder) if runs_per_pass == "auto" else runs_per_pass
     together: dict[Any, list[GridTask]] = {}
     alone: list[GridTask] = []
     for task in tasks:
@@ -243,18 +250,19 @@ def _steps_per_epoch(base: RunConfig, run_data) -> int:
     return max(1, batches_per_epoch(len(run_data.train_labels), base.batch_size))
 
 
-def comparison_lr(lr: str, base: RunConfig) -> str:
-    """The optimizer spec every run of the comparison uses, with --lr applied."""
+def comparison_lr(lr: str | float, base: RunConfig, data: Any = None, builder: Any = None) -> str:
+    """The optimizer spec every run of the comparison uses, with --lr applied (`data`, `builder`: the
+    data set and model when given as Python objects)."""
     from lrlab.engine import find_lr
     from lrlab.optimizers import with_lr
 
     if lr == "auto":
-        record = find_lr(replace(base, out=str(Path(base.out) / "lr_find")))
+        record = find_lr(replace(base, out=str(Path(base.out) / "lr_find")), data=data, builder=builder)
         print(f"lrlab: --lr auto picked {record['pick']:.4g} for every run ({record['why']})", file=sys.stderr)
         return with_lr(base.optimizer, record["pick"])
     try:
         value = float(lr)
-    except ValueError:
+    except (TypeError, ValueError):
         raise UsageError(f"--lr {lr!r} should be a number or auto") from None
     if value <= 0:
         raise UsageError(f"--lr {lr} should be positive")

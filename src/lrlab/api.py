@@ -1,0 +1,197 @@
+"""The Python API: `train` one run and `compare` schedules on your own model and data, from a script or a notebook.
+
+A model is a name (`cnn`), an import path (`nets.py:Net`) or a Python object: an `nn.Module` class or
+a function returning a new model. Data is a name (`fashion-mnist`, `nets.py:load`) or a `(train, test)`
+pair of torch Datasets of (image, label). Every `RunConfig` field is a keyword, checked as the command
+line checks it; bad input raises `lrlab.UsageError` with the same one-line message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lrlab import imports
+from lrlab.config import RunConfig, config_from_dict
+from lrlab.errors import UsageError
+from lrlab.specs import suggestion
+
+# The options of a comparison that are not options of its runs.
+COMPARISON_KEYS = ("schedules", "preset", "seeds", "baseline", "target_acc", "lr", "lrs", "min_effect")
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class ComparisonResult:
+    """A finished comparison: `summary` has one row per schedule, the rows of its summary.csv."""
+
+    out: Path
+    summary: list[dict[str, str]]
+    verdict: str
+    report_path: Path
+    comparison: Any  # the figures behind the summary, as numbers (lrlab.aggregate.Comparison)
+    outcomes: list[Any]  # how each run ended (lrlab.executors.GridOutcome)
+
+    def __str__(self) -> str:
+        return f"{self.verdict}\nreport: {self.report_path}"
+
+
+def run_config(config: RunConfig | None, model: Any, data: Any, options: dict[str, Any], where: str,
+               defaults: dict[str, Any] | None = None) -> tuple[RunConfig, Callable[..., nn.Module] | None, Any]:
+    """The checked RunConfig for these arguments, the model builder given as an object (or None), and
+    the data set given as objects, read into lrlab's form (or None)."""
+    values = {**(defaults or {}), **(config.to_dict() if config is not None else {}), **options}
+    builder = None
+    if model is not None:
+        if isinstance(model, str):
+            values["model"] = model
+        else:
+            builder, values["model"] = model, imports.python_object_label(model)
+    datasets = None
+    if data is not None:
+        if isinstance(data, str):
+            values["dataset"] = data
+        else:
+            datasets = data
+            first = data[0] if isinstance(data, (tuple, list)) and data else data
+            values["dataset"] = imports.python_object_label(type(first))
+    checked = config_from_dict(values, where)
+    loaded = None
+    if datasets is not None:
+        from lrlab.data.torch_datasets import from_datasets
+
+        loaded = from_datasets(datasets, checked.dataset, image_size=checked.image_size, memory_budget=checked.memory_budget)
+    return checked, builder, loaded
+
+
+def train(config: RunConfig | None = None, *, model: Any = None, data: Any = None, resume: bool = False,
+          overwrite: bool = False, **options: Any):
+    """Train one model into `out` and return its `RunResult`.
+
+    `config` (optional) is a RunConfig to start from; keywords override it:
+    `lrlab.train(model=Net, data=(train_set, test_set), schedule="onecycle:max_lr=0.1", epochs=5, out="runs/one")`.
+    """
+    from lrlab.engine import train as train_run
+
+    checked, builder, loaded = run_config(config, model, data, options, "lrlab.train")
+    return train_run(checked, resume=resume, overwrite=overwrite, data=loaded, builder=builder)
+
+
+def compare(
+    model: Any = None,
+    data: Any = None,
+    *,
+    schedules: Sequence[str | dict[str, str]] | None = None,
+    preset: str | None = None,
+    seeds: Iterable[int] | None = None,
+    baseline: str | None = None,
+    target_acc: float | None = None,
+    lr: float | str | None = None,
+    lrs: Sequence[float] | None = None,
+    min_effect: float | None = None,
+    backend: str = "local",
+    workers: int = 1,
+    cpus_per_run: float | None = None,
+    gpus_per_run: float = 0,
+    max_retries: int = 2,
+    ray_address: str | None = None,
+    storage: str | None = None,
+    runs_per_pass: int | str = "auto",
+    config: RunConfig | None = None,
+    **options: Any,
+) -> ComparisonResult:
+    """Train every schedule with every seed (paired: one seed, the same weights and batches) into `out`,
+    then write the report; returns its summary.
+
+    `schedules` are specs ("step:step_size=5,gamma=0.5") or mappings with `schedule`, and optionally
+    `label` and `optimizer`; or name a `preset` ("article", "modern"). `baseline` is the label the
+    others are compared with (default: the first). `lr` sets every run's LR ("auto": the LR range
+    test's pick); `lrs` runs every schedule at each LR and judges each at its best on validation
+    data. `min_effect` is the smallest difference you care about, in points of accuracy (default
+    0.5): the report says how many seeds would resolve it. `runs_per_pass` runs of one seed train together
+    in one pass over the data where they can (`auto`, a number, or 1: one at a time). Every RunConfig option is a keyword (`epochs`,
+    `optimizer`, `out`, ...); the runs are always quiet, and `quiet=True` also hides the progress bar.
+    A model or data set given as a Python object trains in this process; workers and Ray import
+    theirs, so they need import paths ("nets.py:Net").
+    """
+    from lrlab.comparison import DEFAULT_MIN_EFFECT, PRESETS
+    from lrlab.grid import comparison_lr, run_comparison
+    from lrlab.executors import InProcess, build_executor
+    from lrlab.report import build_report, summary_rows, verdict
+    from lrlab.runs import RunDirectory
+
+    variants, defaults = _variants(schedules, preset, PRESETS)
+    seeds = list(DEFAULT_SEEDS if seeds is None else seeds)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UsageError(f"seeds should be whole numbers, got {seeds!r}")
+    if target_acc is not None and not 0 < target_acc <= 1:
+        raise UsageError(f"--target-acc {target_acc} should be a fraction in (0, 1], e.g. 0.9")
+    min_effect = DEFAULT_MIN_EFFECT * 100 if min_effect is None else min_effect
+    if not 0 < min_effect < 100:
+        raise UsageError(f"--min-effect {min_effect} should be in points of accuracy, between 0 and 100 (e.g. 0.5)")
+    if lr is not None and lrs:
+        raise UsageError("give either --lr (one LR for every run) or --lrs (a sweep), not both")
+    if "out" not in options and config is None:
+        raise UsageError("a comparison needs out=, the folder for its runs and report (--out DIR)")
+    for key in ("schedule", "seed"):
+        if key in options:
+            raise UsageError(f"a comparison takes {key}s= (a list), not {key}=")
+    show_progress = not options.pop("quiet", False)
+    base, builder, loaded = run_config(config, model, data, options, "lrlab.compare", {"quiet": True, **defaults})
+    if builder is not None or loaded is not None:
+        if backend != "local" or workers != 1:
+            given = "model" if builder is not None else "data set"
+            raise UsageError(f"the {given} was given as a Python object, which worker processes and Ray cannot import; "
+                             f"drop --workers/--backend to train in this process, or name it by import path "
+                             f"(model='nets.py:Net', data='nets.py:load_data')")
+    if storage and not Path(base.out).is_absolute():
+        base = replace(base, out=str(Path(storage) / base.out))
+    executor = build_executor(backend, workers, cpus_per_run, gpus_per_run, max_retries, ray_address, storage_given=bool(storage))
+    if builder is not None:
+        executor = InProcess(executor.threads, builder)
+    # Held from before lr="auto" writes its range test until the report is written: a second
+    # comparison on the same folder is refused before it touches anything.
+    with RunDirectory(base.out).locked():
+        if lr is not None:
+            base = replace(base, optimizer=comparison_lr(lr, base, loaded, builder))
+        outcomes = run_comparison(base, variants, seeds, base.out, baseline, target_acc, show_progress=show_progress,
+                                  executor=executor, runs_per_pass=runs_per_pass, lrs=list(lrs) if lrs else None,
+                                  min_effect=min_effect / 100, data=loaded)
+        comparison = build_report(base.out)
+    out = Path(base.out)
+    return ComparisonResult(out, summary_rows(comparison), verdict(comparison), out / "report.html", comparison, outcomes)
+
+
+def _variants(schedules: Sequence[Any] | None, preset: str | None, presets: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The arms of the comparison, and the run options a preset sets unless given."""
+    from lrlab.grid import label_for, variants_from_specs
+    from lrlab.comparison import Variant
+
+    if bool(preset) == bool(schedules):
+        raise UsageError("give either --preset NAME or --schedules SPEC ... (preset= or schedules= in Python), not both")
+    if preset:
+        if preset not in presets:
+            raise UsageError(f"unknown preset {preset!r}{suggestion(preset, presets)}; known: {', '.join(presets)}")
+        chosen = presets[preset]
+        defaults = {"epochs": chosen.epochs}
+        if chosen.val_fraction is not None:
+            defaults["val_fraction"] = chosen.val_fraction
+        return list(chosen.variants), defaults
+    if isinstance(schedules, str) or not isinstance(schedules, Sequence):
+        raise UsageError(f"schedules should be a list of specs, e.g. ['constant', 'step:step_size=5'], got {schedules!r}")
+    if all(isinstance(s, str) for s in schedules):
+        return variants_from_specs(list(schedules)), {}
+    variants = []
+    for item in schedules:
+        item = {"schedule": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or "schedule" not in item or set(item) - {"schedule", "label", "optimizer"}:
+            raise UsageError(f"each schedule is a spec, or a mapping with schedule: and optionally label: and optimizer:; "
+                             f"got {item!r}")
+        variants.append(Variant(str(item.get("label") or label_for(item["schedule"])), item["schedule"], item.get("optimizer")))
+    if len({v.label for v in variants}) != len(variants):
+        raise UsageError("two schedules have the same label; give each its own label:")
+    return variants, {}
