@@ -27,9 +27,9 @@ def _warm_up() -> None:
     import lrlab.engine
     import lrlab.report  # noqa: F401
 
-    from lrlab.models import training_bytes
+    from lrlab.models import model_factory, training_bytes
 
-    training_bytes("cnn", 1, (8, 8), 10, 4, 64)
+    training_bytes(model_factory("cnn", {"width": 4}, channels=1, image_size=(8, 8), num_classes=10, check=False), 1, (8, 8), 64)
     lrlab.engine.load_run_data(lrlab.engine.RunConfig(dataset="digits"))
 
 

@@ -365,7 +365,7 @@ def test_a_second_process_is_refused_before_lr_auto_and_never_writes_into_the_fi
 
 
 def test_a_comparison_does_not_mark_failed_a_run_another_process_is_training(tmp_path, capsys):
-    from lrlab.compare import Variant, run_comparison, run_path
+    from lrlab.grid import Variant, run_comparison, run_path
 
     out = tmp_path / "comparison"
     base = tiny(out, epochs=1)

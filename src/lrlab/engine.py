@@ -390,12 +390,12 @@ class Trainer:
         try:
             if self.ranks.main:
                 self._check_run_directory()
-            self._assemble(data)
+            self._assemble(data, builder)
         except BaseException:
             self.release_lock()
             raise
 
-    def _assemble(self, data: ImageData | None) -> None:
+    def _assemble(self, data: ImageData | None, builder: Callable[..., nn.Module] | None) -> None:
         config = self.config
         self.device = distributed.start(self.ranks, resolve_device(config.device), chosen_automatically=config.device == "auto")
         # Measured here: bf16 autocast with channels-last halves a small conv net's epoch on the CPU,
