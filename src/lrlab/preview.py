@@ -95,10 +95,11 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
         rows = preview(spec, epochs, steps_per_epoch, lr=1.0)
     except UsageError as error:
         return [f"{name}: {error}"]
-    unusable = next((row for row in rows if not (math.isfinite(row.lr) and row.lr > 0)), None)
+    # Annealing to exactly zero is common (cosine, linear to zero); below zero or past a float is not.
+    unusable = next((row for row in rows if not (math.isfinite(row.lr) and row.lr >= 0)), None)
     if unusable is not None:
         return [f"{name}: the LR becomes {unusable.lr:g} x --lr at step {unusable.step} (epoch {unusable.epoch}); "
-                "an LR must stay positive and finite, so this run would not train from there"]
+                "an LR must stay zero or positive and finite, so this run would not train from there"]
     warnings_found: list[str] = []
     epoch_lrs = _epoch_lrs(rows)
     final_factor = rows[-1].lr / rows[0].lr if spec.warmup is None else rows[-1].lr / max(r.lr for r in rows)
