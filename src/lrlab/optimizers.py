@@ -18,8 +18,8 @@ UNSUPPORTED = {
     "lbfgs": "LBFGS needs a closure that re-evaluates the loss at every step, which lrlab's loop does not pass",
     "sparseadam": "SparseAdam only takes sparse gradients, and lrlab's models have dense ones",
 }
-# Beyond this a step moves the weights by more than any float32 model survives; it is a typo, not an LR.
-MAX_LR = 1e6
+# The LR is multiplied into float32 weights: one float32 cannot hold is a typo, not an LR.
+MAX_LR = float(torch.finfo(torch.float32).max)
 
 
 def optimizer_classes() -> dict[str, type]:
