@@ -47,17 +47,22 @@ def reference(specs, steps):
         parameters = [torch.nn.Parameter(start_weights(shape)) for shape in SHAPES]
         optimizer = build_optimizer(parse_optimizer(optimizer_text), parameters)
         driver = ScheduleDriver(parse_schedule(schedule_text), optimizer, epochs=4, steps_per_epoch=5)
-        lrs = []
-        for step in range(steps):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            for parameter, shape in zip(parameters, SHAPES):
-                parameter.grad = gradient(step, arm, shape)
-            optimizer.step()
-            driver.after_step()
-            if (step + 1) % 5 == 0:
-                driver.after_epoch({"test_loss": 1.0})
-        results.append((parameters, optimizer, lrs))
+        results.append((parameters, optimizer, torch_steps(parameters, optimizer, driver, arm, range(steps))))
     return results
+
+
+def torch_steps(parameters, optimizer, driver, arm, steps):
+    """`steps` of torch's optimizer on the arm's drawn gradients, the schedule stepped as Trainer steps it; their LRs."""
+    lrs = []
+    for step in steps:
+        lrs.append(optimizer.param_groups[0]["lr"])
+        for parameter, shape in zip(parameters, SHAPES):
+            parameter.grad = gradient(step, arm, shape)
+        optimizer.step()
+        driver.after_step()
+        if (step + 1) % 5 == 0:
+            driver.after_epoch({"test_loss": 1.0})
+    return lrs
 
 
 def batched(specs, steps, resume_from=None):
@@ -130,13 +135,7 @@ def test_arm_state_dict_is_torchs_and_resumes_either_way(algorithm):
         torch_driver = ScheduleDriver(parse_schedule(schedule), optimizer, epochs=4, steps_per_epoch=5)
         optimizer.load_state_dict(arm.state_dict())  # in the order Trainer.restore loads them
         torch_driver.load_state_dict(driver.state_dict())
-        for step in range(half, STEPS):
-            for parameter, shape in zip(parameters, SHAPES):
-                parameter.grad = gradient(step, arm_index, shape)
-            optimizer.step()
-            torch_driver.after_step()
-            if (step + 1) % 5 == 0:
-                torch_driver.after_epoch({"test_loss": 1.0})
+        torch_steps(parameters, optimizer, torch_driver, arm_index, range(half, STEPS))
         for parameter, resumed_stack, final in zip(parameters, resumed, expected[arm_index][0]):
             torch.testing.assert_close(parameter.detach(), final.detach(), **TOLERANCE)
             torch.testing.assert_close(resumed_stack[arm_index].detach(), final.detach(), **TOLERANCE)
