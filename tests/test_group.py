@@ -207,6 +207,20 @@ def test_a_comparison_plans_passes_of_one_seed_and_says_how(small, capsys):
     assert len(passes) == len(tasks) and len(lines) == 1
 
 
+def test_auto_trains_each_run_alone_on_the_cpu_and_says_why(small):
+    # On the CPU a group measured slower per run than its runs alone (benchmarks/README.md).
+    from lrlab.grid import plan_passes
+    from lrlab.executors import GridTask
+
+    base = small("auto", device="cpu")
+    tasks = [GridTask(spec, 0, replace(base, schedule=spec, out=f"{base.out}/{spec}"))
+             for spec in ["constant", "step:step_size=1", "exponential:gamma=0.9"]]
+    passes, lines = plan_passes(tasks, "auto", base, data=None)
+    assert passes == [[task] for task in tasks]
+    assert lines == ["lrlab: 3 runs, each trained alone (auto on the CPU, where a group measured slower than its runs "
+                     "alone; --workers N spreads runs over the cores)"]
+
+
 @pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
 def test_runs_per_pass_must_be_auto_or_a_positive_whole_number(text):
     from lrlab.grid import parse_runs_per_pass

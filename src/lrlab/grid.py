@@ -111,7 +111,7 @@ def run_comparison(
 
     `executor` (from `executors.build_executor`) says where the passes train; by default one after
     another in this process. `runs_per_pass` is how many runs of one seed train together in one
-    pass over the data (`auto`: what fits the device, or what pays on the CPU; 1: one at a time).
+    pass over the data (`auto`: what fits a GPU's free memory, one at a time on the CPU; 1: one at a time).
     With `lrs` the report picks each schedule's LR on validation data (see `at_lr` for which
     argument an LR sets). `min_effect` is the smallest accuracy difference (0-1) the user cares
     about: the report says how many seeds would resolve it.
@@ -220,9 +220,11 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
     passes.sort(key=lambda members: order[id(members[0])])
     if not tasks:
         return passes, []
+    if runs_per_pass == "auto" and size == 1 and not _on_cuda(base):
+        return passes, [f"lrlab: {_count(len(tasks), 'run')}, each trained alone (auto on the CPU, where a group measured "
+                        "slower than its runs alone; --workers N spreads runs over the cores)"]
     grouped = sum(len(members) for members in passes if len(members) > 1)
-    why = "asked for" if runs_per_pass != "auto" else "auto: " + ("what fits the GPU's free memory" if base.device != "cpu"
-                                                                   and _on_cuda(base) else "what pays on the CPU")
+    why = "asked for" if runs_per_pass != "auto" else "auto: what fits the GPU's free memory"
     lines = [f"lrlab: {_count(len(tasks), 'run')} in {_count(len(passes), 'pass', 'passes')} over the data; {grouped} of them "
              f"share a pass with other runs of their seed (up to {size} a pass, {why})"]
     if size > 1:

@@ -70,9 +70,11 @@ def train_group(configs: list[RunConfig], data=None, on_epoch: list[Callable | N
     return GroupTrainer(trainers).fit(take_over_lock)
 
 
-# Measured with benchmarks/batched.py (benchmarks/README.md): on the CPU a group of 5 pays, and
-# larger groups add little per run while a pass's memory grows with every arm.
-CPU_RUNS_PER_PASS = 5
+# Measured with benchmarks/batched.py on an idle machine (benchmarks/README.md): on the CPU a run
+# trained in a group of 5 takes about 3x as long as the same run alone (vmap's layout copies around
+# the grouped convolutions and BatchNorm cost more than the arms share), so there each run trains
+# alone and --workers is what spreads runs over the cores.
+CPU_RUNS_PER_PASS = 1
 # A GPU's launch overhead is shared by more arms the larger the group; past this the kernels are
 # large enough that adding arms buys little.
 MAX_CUDA_RUNS_PER_PASS = 32
@@ -80,7 +82,7 @@ CUDA_MEMORY_SHARE = 0.7  # of the free memory, the rest left for the allocator's
 
 
 def auto_runs_per_pass(config: RunConfig, data, builder: Callable | None = None) -> int:
-    """How many runs one pass should train: what pays on the CPU, what fits the free memory on a GPU
+    """How many runs one pass should train: one on the CPU, what fits the free memory on a GPU
     (`builder`: the model, when it was given as a Python object)."""
     device = resolve_device(config.device)
     if device.type != "cuda":
