@@ -264,7 +264,7 @@ def test_grid_progress_shows_run_epoch_and_time_left(base, capfd):
     run_comparison(base, variants_from_specs(["constant"]), [0], base.out, show_progress=True)
     error = capfd.readouterr().err
     assert "pass 1/1: constant seed 0, epoch 3" in error and "<" in error  # tqdm's elapsed<remaining
-    assert "lrlab: 1 run in 1 pass over the data" in error
+    assert "lrlab: 1 run, one at a time (auto on the CPU" in error
 
 
 @pytest.mark.parametrize("spec", ["step:step_size=1,gamma=0.5", "onecycle:max_lr=0.1", "warmup(linear,epochs=1)+cosine:T_max=2",
@@ -427,7 +427,8 @@ def test_the_verdict_calls_a_difference_real_only_on_its_holm_adjusted_p():
     text = verdict(_comparison_with({"a": close, "b": far}, seeds_needed=7))
     assert "Better than" not in text
     assert "Not distinguishable from base with these seeds (adjusted p >= 0.05" in text
-    assert "a; with this spread, about 7 seeds would tell a 0.5-point difference" in text
+    assert ("a (+2.00 points, 95% CI +0.10 to +4.00; with this spread, about 7 seeds would tell a 0.5-point difference); "
+            "b (+0.10 points") in text
     real = PairedDifference(3, 0.02, 0.01, 0.03, 0.001, std=0.005, p_adjusted=0.002)
     text = verdict(_comparison_with({"a": real, "b": far}))
     assert "Better than base (Holm-adjusted p < 0.05 over the 2 comparisons with base" in text

@@ -204,7 +204,7 @@ def test_a_comparison_plans_passes_of_one_seed_and_says_how(small, capsys):
     assert "11 runs in 5 passes" in lines[0] and "10 of them share a pass" in lines[0]
     assert len(lines) == 2 and "rmsprop" in lines[1] and "one run at a time" in lines[1]
     passes, lines = plan_passes(tasks, 1, base, data=None)
-    assert len(passes) == len(tasks) and len(lines) == 1
+    assert len(passes) == len(tasks) and lines == ["lrlab: 11 runs, one at a time (asked for)"]
 
 
 def test_auto_trains_each_run_alone_on_the_cpu_and_says_why(small):
@@ -217,8 +217,8 @@ def test_auto_trains_each_run_alone_on_the_cpu_and_says_why(small):
              for spec in ["constant", "step:step_size=1", "exponential:gamma=0.9"]]
     passes, lines = plan_passes(tasks, "auto", base, data=None)
     assert passes == [[task] for task in tasks]
-    assert lines == ["lrlab: 3 runs, each trained alone (auto on the CPU, where a group measured slower than its runs "
-                     "alone; --workers N spreads runs over the cores)"]
+    assert lines == ["lrlab: 3 runs, one at a time (auto on the CPU, where a group measured slower than its runs alone; "
+                     "--workers N spreads runs over the cores)"]
 
 
 @pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])

@@ -220,21 +220,24 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
     passes.sort(key=lambda members: order[id(members[0])])
     if not tasks:
         return passes, []
-    if runs_per_pass == "auto" and size == 1 and not _on_cuda(base):
-        return passes, [f"lrlab: {_count(len(tasks), 'run')}, each trained alone (auto on the CPU, where a group measured "
-                        "slower than its runs alone; --workers N spreads runs over the cores)"]
+    if runs_per_pass != "auto":
+        why = "asked for"
+    elif _on_cuda(base):
+        why = "auto: what fits the GPU's free memory"
+    else:
+        why = "auto on the CPU, where a group measured slower than its runs alone; --workers N spreads runs over the cores"
+    if size == 1:
+        return passes, [f"lrlab: {_count(len(tasks), 'run')}, one at a time ({why})"]
     grouped = sum(len(members) for members in passes if len(members) > 1)
-    why = "asked for" if runs_per_pass != "auto" else "auto: what fits the GPU's free memory"
     lines = [f"lrlab: {_count(len(tasks), 'run')} in {_count(len(passes), 'pass', 'passes')} over the data; {grouped} of them "
              f"share a pass with other runs of their seed (up to {size} a pass, {why})"]
-    if size > 1:
-        reasons: dict[str, list[str]] = {}
-        for task in alone:
-            labels = reasons.setdefault(alone_reason(task.config), [])
-            if task.label not in labels:
-                labels.append(task.label)
-        for reason, labels in reasons.items():
-            lines.append(f"lrlab: note: {', '.join(labels)} train{'s' if len(labels) == 1 else ''} one run at a time: {reason}")
+    reasons: dict[str, list[str]] = {}
+    for task in alone:
+        labels = reasons.setdefault(alone_reason(task.config), [])
+        if task.label not in labels:
+            labels.append(task.label)
+    for reason, labels in reasons.items():
+        lines.append(f"lrlab: note: {', '.join(labels)} train{'s' if len(labels) == 1 else ''} one run at a time: {reason}")
     return passes, lines
 
 

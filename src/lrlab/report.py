@@ -125,7 +125,7 @@ def verdict(comparison: Comparison) -> str:
         else:
             needed = f"; with this spread, about {result.seeds_needed} seeds would tell a {100 * comparison.min_effect:g}-point difference" \
                 if result.seeds_needed else ""
-            unclear.append(f"{result.label}{needed}")
+            unclear.append(f"{shown}{needed})")
     base = comparison.baseline
     adjusted = (f"Holm-adjusted p < 0.05 over the {len(differences)} comparisons with {base}" if len(differences) > 1
                 else "p < 0.05")
@@ -135,7 +135,7 @@ def verdict(comparison: Comparison) -> str:
         lines.append(f"Worse than {base} ({adjusted}): {'; '.join(worse)}.")
     if unclear:
         lines.append(f"Not distinguishable from {base} with these seeds (adjusted p >= 0.05): "
-                     f"{', '.join(unclear)}.")
+                     f"{'; '.join(unclear)}.")
     if too_few:
         lines.append(f"Fewer than {MIN_SEEDS_FOR_VERDICT} seeds, so no difference is called real: {'; '.join(too_few)}.")
     blurred = [r for r in differences if 1.96 * r.difference.image_se > comparison.min_effect]
