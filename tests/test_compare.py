@@ -22,7 +22,7 @@ from lrlab.errors import UsageError
 from lrlab.preview import doctor, preview
 from lrlab.report import build_report, verdict
 from lrlab.runs import RunDirectory
-from lrlab.stats import PairedDifference, Summary
+from lrlab.stats import PairedDifference, Summary, seeds_to_resolve
 
 CHROMIUM = shutil.which("chromium")
 
@@ -407,6 +407,9 @@ def test_several_arms_are_judged_on_holm_adjusted_p_values_shown_beside_the_raw_
     for result in comparison.results[1:]:
         assert result.difference.p_adjusted >= result.difference.p_value
         assert float(rows[result.label]["p_holm"]) == pytest.approx(result.difference.p_adjusted, rel=1e-2)
+        # The seeds it would take are counted at Holm's strictest level, 5% over the two comparisons.
+        assert result.seeds_needed == seeds_to_resolve(0.005, result.difference.std, comparisons=2)
+    assert any(result.seeds_needed for result in comparison.results[1:])
     assert "p (Holm)" in (Path(base.out) / "summary.md").read_text()
 
 

@@ -128,6 +128,9 @@ def test_holm_adjusts_as_the_step_down_procedure_says():
 def test_seeds_to_resolve_matches_the_paired_t_power_table():
     # Cohen's d = 0.5 needs 34 pairs for 80% power at the 5% level (two-sided paired t-test).
     assert seeds_to_resolve(0.005, 0.01) == 34
+    # Five comparisons with the baseline: the 1% level of Holm's strictest step; the normal
+    # approximation ((2.576 + 0.842) / 0.5)^2 + 2.576^2 / 2 = 50.0 pairs, t's heavier tails one more.
+    assert seeds_to_resolve(0.005, 0.01, comparisons=5) == 51
     assert seeds_to_resolve(0.005, 0.0) is None and seeds_to_resolve(0.005, math.nan) is None
 
 

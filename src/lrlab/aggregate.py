@@ -202,11 +202,12 @@ def aggregate(out: str | Path) -> Comparison:
             curves=curves, steps=runs.steps, retries=runs.retries, paths=runs.paths,
             picked_lr=runs.variant.lr, sweep=points,
         ))
-    adjusted = iter(holm_adjusted([r.difference for r in results if r.difference]))
+    differences = [r.difference for r in results if r.difference]
+    adjusted = iter(holm_adjusted(differences))
     for result in results:
         if result.difference:
             result.difference = next(adjusted)
-            result.seeds_needed = seeds_to_resolve(min_effect, result.difference.std)
+            result.seeds_needed = seeds_to_resolve(min_effect, result.difference.std, comparisons=len(differences))
     test_images = next((len(c["final_test"]) for arm_runs in arms.values() for r in arm_runs
                         for c in r.correct.values() if "final_test" in c), 0)
     return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results,

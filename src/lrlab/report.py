@@ -84,7 +84,8 @@ METHOD = ("Intervals and p-values count both sources of uncertainty, seeds and t
           "two-stage sample (Cochran, Sampling Techniques, 1977, ch. 10) with Student's t over seeds; differences are "
           "paired by seed and by test image. p (Holm): Holm's step-down correction over the comparisons with the "
           "baseline (statsmodels multipletests); seeds for the minimum effect: a paired t-test power calculation at "
-          "80% power (statsmodels TTestPower).")
+          "80% power and the 5% level divided by the number of comparisons, Holm's strictest step (statsmodels "
+          "TTestPower).")
 OPTIMISTIC = ("These runs have no validation split (--val-fraction 0, the article's protocol), so their best epochs and "
               "plateau cuts were chosen on the test data, and the best-epoch accuracies are optimistic.")
 

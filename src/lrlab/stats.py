@@ -120,17 +120,20 @@ def holm_adjusted(differences: Sequence[PairedDifference]) -> list[PairedDiffere
     return [replace(d, p_adjusted=p) for d, p in zip(differences, adjusted)]
 
 
-def seeds_to_resolve(min_effect: float, seed_std: float) -> int | None:
+def seeds_to_resolve(min_effect: float, seed_std: float, comparisons: int = 1) -> int | None:
     """Seeds a paired t-test needs to detect a difference of `min_effect` with 80% power at the 5% level,
     given the per-seed differences' standard deviation: statsmodels' `TTestPower.solve_power` (a one-sample
-    t-test on the paired differences). None where the spread is unknown or zero."""
+    t-test on the paired differences). With several `comparisons` the level is 5% / comparisons, the
+    strictest step of Holm's correction, so the count holds wherever the difference falls in Holm's
+    order. None where the spread is unknown or zero."""
     from statsmodels.stats.power import TTestPower
 
     if not seed_std > 0 or not min_effect > 0:
         return None
     with warnings.catch_warnings(), numpy.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        needed = TTestPower().solve_power(effect_size=min_effect / seed_std, alpha=1 - CONFIDENCE, power=POWER)
+        needed = TTestPower().solve_power(effect_size=min_effect / seed_std, alpha=(1 - CONFIDENCE) / comparisons,
+                                            power=POWER)
     return max(2, math.ceil(float(numpy.asarray(needed).item())))
 
 
