@@ -160,8 +160,10 @@ def test_sigterm_and_ctrl_c_mark_the_run_interrupted_and_it_resumes(tiny_config,
     out = tmp_path / "run"
     command = ["lrlab", "train", "--dataset", "digits", "--model", "cnn", "--width", "4", "--epochs", "6",
                "--batch-size", "64", "--out", str(out), "--quiet"]
-    process = subprocess.Popen(command, env={**os.environ, **slow_epochs(0.3)},
-                               stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then installs
+    # no Ctrl-C handler; the run gets Ctrl-C as a terminal would give it, however pytest was started.
+    process = subprocess.Popen(command, env={**os.environ, **slow_epochs(0.3)}, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "last.pt").exists():
         time.sleep(0.05)
