@@ -428,10 +428,10 @@ class Trainer:
                              f"for BatchNorm); give --limit-train 2 or more")
         build_model = run_model_factory(config, self.data, builder, check=False)
         self._check_footprint(build_model)
-        check_model(config.model, build_model, self.data.channels, self.data.image_size, self.data.num_classes)
-        # The seed fixes the initial weights, so every schedule in a comparison starts alike.
+        # The seed fixes the initial weights, so every schedule in a comparison starts alike; the
+        # check runs on the run's own model (in eval mode, on blank images: its weights stay as built).
         torch.manual_seed(config.seed)
-        model = build_model()
+        model = check_model(config.model, build_model, self.data.channels, self.data.image_size, self.data.num_classes)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.forward_model = self._data_parallel() if self.ranks.distributed else self.model
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

@@ -160,8 +160,10 @@ def model_factory(
     return factory
 
 
-def check_model(name: str, factory: Callable[[], Any], channels: int, image_size: tuple[int, int], num_classes: int) -> None:
-    """Build the model once and try it on two blank images: one line for each way it cannot work."""
+def check_model(name: str, factory: Callable[[], Any], channels: int, image_size: tuple[int, int],
+                num_classes: int) -> nn.Module:
+    """Build the model and try it on two blank images: one line for each way it cannot work. The
+    model that passed is returned in training mode, as built, so a run can train it."""
     try:
         model = factory()
     except UsageError:
@@ -180,6 +182,7 @@ def check_model(name: str, factory: Callable[[], Any], channels: int, image_size
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise UsageError(f"model {name!r} should return logits of shape (batch, {num_classes}) for this data set's "
                          f"{num_classes} classes, but returned {got} for a batch of 2")
+    return model.train()
 
 
 def _first_line(error: BaseException) -> str:
