@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lrlab import __version__, distributed, lrfinder
 from lrlab.config import RUNTIME_ONLY, RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData, load_dataset
-from lrlab.errors import UsageError, clip
+from lrlab.errors import UsageError, clip, first_names
 from lrlab.foreach_sgd import ARGUMENTS as FOREACH_SGD_ARGUMENTS
 from lrlab.foreach_sgd import ForeachSGD
 from lrlab.models import check_model, model_arguments, model_factory, training_bytes
@@ -607,9 +607,8 @@ class Trainer:
             raise UsageError(f"{self.run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
         foreign = [] if self.run.holds_run() or self.overwrite else self.run.foreign_files()
         if foreign:
-            shown = ", ".join(clip(name, 40) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise UsageError(f"{self.run.path} holds files lrlab did not make ({shown}); choose an empty or new --out, "
-                             f"or pass --overwrite to write the run among them")
+            raise UsageError(f"{self.run.path} holds files lrlab did not make ({first_names(foreign)}); "
+                             "choose an empty or new --out, or pass --overwrite to write the run among them")
         if self.resume and self.run.holds_run():
             self.run.read_metrics()  # a damaged metrics.csv is named as such before its columns are looked at
             columns = self.run.metric_columns()

@@ -7,6 +7,11 @@ class UsageError(Exception):
     """Bad input from the user: the message says what is wrong and how to fix it."""
 
 
+def first_names(names: list[str], shown: int = 3) -> str:
+    """The first `shown` of `names`, each clipped, and '...' where there are more: a list for an error line."""
+    return ", ".join(clip(name, 40) for name in names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def clip(text: object, limit: int = 80) -> str:
     """`text` on one line and at most `limit` characters, cut between words with '...' where it was longer."""
     flat = " ".join(str(text).split())

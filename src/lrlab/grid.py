@@ -20,7 +20,7 @@ from typing import Any
 from lrlab.comparison import DEFAULT_MIN_EFFECT, MANIFEST, Variant, read_manifest, run_path
 from lrlab.config import RunConfig, config_from_dict
 from lrlab.data.loader import batches_per_epoch
-from lrlab.errors import UsageError, clip
+from lrlab.errors import UsageError, first_names
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
 from lrlab.preview import doctor, doctor_test_set
 from lrlab.runs import RunDirectory
@@ -47,7 +47,6 @@ def at_lr(variant: Variant, lr: float, base_optimizer: str) -> Variant:
     """`variant` run at `lr`: the optimizer's lr is `lr`, and so is the peak (max_lr) of a schedule
     that sets its own (OneCycleLR, CyclicLR); every other argument of the schedule stays as given."""
     from lrlab.optimizers import with_lr
-    from lrlab.schedules import parse_schedule
 
     schedule = variant.schedule
     argument = PEAK_LR_ARGUMENT.get(parse_schedule(schedule).class_name)
@@ -182,8 +181,8 @@ def _refuse_foreign_files(folder: RunDirectory, variants: list[Variant]) -> None
     ours = {"lr_find", *(v.label.split("/")[0] for v in variants)}
     foreign = [name for name in folder.foreign_files() if name not in ours]
     if foreign:
-        raise UsageError(f"{folder.path} holds files lrlab did not make ({', '.join(clip(n, 40) for n in foreign[:3])}"
-                         f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new --out for the comparison")
+        raise UsageError(f"{folder.path} holds files lrlab did not make ({first_names(foreign)}); choose an empty or new "
+                         "--out for the comparison")
 
 
 def parse_runs_per_pass(text: str | int) -> int | str:
