@@ -32,7 +32,8 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH_SIZE = 2**20
 MAX_CONFIG_BYTES = 1_000_000
 # Fields that change how a run is carried out, not what it computes; a resume may change them.
-RUNTIME_ONLY = ("device", "graph_capture", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers")
+RUNTIME_ONLY = ("device", "graph_capture", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers",
+                "pause_at_epoch")
 
 
 @dataclass
@@ -69,6 +70,9 @@ class RunConfig:
     out: str = "runs/run"
     tensorboard: bool = False
     quiet: bool = False
+    # Train only up to this epoch and stop, resumable, as "paused": a study's pruning rung. The
+    # schedule still sees the full `epochs`, so the run is the same as one trained without a pause.
+    pause_at_epoch: int | None = None
 
     def validate(self) -> RunConfig:
         """Check types, ranges and every spec; return self so calls chain."""
@@ -89,7 +93,7 @@ class RunConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"{name} must be at least 1, got {value}")
-        for name in ("limit_train", "limit_test", "image_size", "width"):
+        for name in ("limit_train", "limit_test", "image_size", "width", "pause_at_epoch"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1, got {value}")

@@ -674,6 +674,8 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 50
         try:
             while self.epoch < self.config.epochs:
+                if self.should_pause():
+                    return self.end_paused()
                 self._run_epoch(quiet, writer, check_every)
         except Diverged as diverged:
             return self.end_diverged(diverged)
@@ -703,6 +705,14 @@ class Trainer:
         self.run.write_status("interrupted", epoch=self.epoch, reason="stopped by the user")
         if self.ranks.main:
             print(f"\nlrlab: interrupted after epoch {self.epoch}; continue with: lrlab train --out {self.run.path} --resume", file=sys.stderr)
+
+    def should_pause(self) -> bool:
+        """Whether the run has reached the epoch it was asked to pause at (a study's rung)."""
+        return self.config.pause_at_epoch is not None and self.epoch >= self.config.pause_at_epoch
+
+    def end_paused(self) -> RunResult:
+        self.run.write_status("paused", epoch=self.epoch, reason=f"paused at epoch {self.epoch} to be judged at a rung")
+        return self._result("paused")
 
     def end_failed(self, error: BaseException) -> None:
         self.run.write_status("failed", epoch=self.epoch, reason=f"{type(error).__name__}: {error}")

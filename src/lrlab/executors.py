@@ -121,7 +121,7 @@ class GridProgress:
                 rows = run.metrics_path.read_bytes().count(b"\n") - 1
             except OSError:
                 continue
-            ended_early = rows < self.epochs and run.read_status().get("state") in ("diverged", "failed")
+            ended_early = rows < self.epochs and run.read_status().get("state") in ("diverged", "failed", "pruned")
             done += self.epochs if ended_early else min(max(rows, 0), self.epochs)
         return done
 
@@ -337,7 +337,7 @@ class RayTasks:
                     except ray.exceptions.RayError as error:  # the worker or its node died under the runs
                         why = f"{type(error).__name__}: {clip(str(error).strip().splitlines()[0], 200)}"
                         statuses = [RunDirectory(task.config.out).read_status() for task in tasks]
-                        unended = [task for task, status in zip(tasks, statuses) if status.get("state") not in ("finished", "diverged")]
+                        unended = [task for task, status in zip(tasks, statuses) if status.get("state") not in ("finished", "diverged", "paused", "pruned")]
                         ends = [(status.get("state"), status.get("reason", "")) for task, status in zip(tasks, statuses)
                                 if task not in unended]
                         given_up = _retry_or_give_up(unended, attempt, why, self.max_retries, progress) if unended else []

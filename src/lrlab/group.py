@@ -136,6 +136,9 @@ class GroupTrainer:
             for trainer in self.trainers:
                 trainer.prepare()
             active = [trainer for trainer in self.trainers if not trainer.is_finished()]
+            for trainer in [t for t in active if t.should_pause()]:
+                results[id(trainer)] = trainer.end_paused()
+            active = [t for t in active if id(t) not in results]
             for trainer in active:
                 trainer.run.write_status("running", epoch=trainer.epoch, pid=os.getpid())
             try:
@@ -148,6 +151,8 @@ class GroupTrainer:
                     active = [t for t in active if id(t) not in results]
                     for trainer in [t for t in active if t.epoch >= t.config.epochs]:
                         results[id(trainer)] = trainer.end_finished()
+                    for trainer in [t for t in active if id(t) not in results and t.should_pause()]:
+                        results[id(trainer)] = trainer.end_paused()
                     active = [t for t in active if id(t) not in results]
             except KeyboardInterrupt:
                 for trainer in active:

@@ -28,7 +28,8 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
 STEP_COLUMNS = ("step", "epoch", "lr", "loss")
 # The metrics every row has; the others (val_*) may be empty, or absent from an older run's header.
 REQUIRED_METRIC_COLUMNS = tuple(c for c in METRIC_COLUMNS if not c.startswith("val_"))
-WRITTEN_STATES = ("running", "finished", "diverged", "failed", "interrupted")
+# paused: stopped at a study's rung, to be resumed or pruned; pruned: a study stopped it there for good.
+WRITTEN_STATES = ("running", "finished", "diverged", "failed", "interrupted", "paused", "pruned")
 # What readers say of a run whose status.json is absent or damaged (unknown), or that has no folder yet (missing).
 STATES = (*WRITTEN_STATES, "unknown", "missing")
 LOCK_NAME = "run.lock"
