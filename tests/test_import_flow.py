@@ -102,3 +102,26 @@ def test_a_fresh_interpreter_loads_nothing_downstream(module, never):
     code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('lrlab')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert module in loaded and not [m for m in loaded if m.startswith(never)]
+
+
+# Each takes a second or more to import, and a plain training run uses none of them: torchvision only
+# folder data sets, resnet and torchvision: models; scipy.signal only the LR range test; torch._dynamo
+# only torch.compile (torch.optim imports it the first time an optimizer is built, which lrlab cannot
+# change, so it is checked at import time only).
+SLOW_IMPORTS = ("torchvision", "scipy.signal", "torch._dynamo")
+
+
+def test_importing_the_train_path_loads_no_slow_module():
+    code = ("import sys, lrlab.cli, lrlab.api, lrlab.engine\n"
+            f"print(' '.join(m for m in {SLOW_IMPORTS!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    assert loaded == []
+
+
+def test_a_training_run_loads_neither_torchvision_nor_scipy_signal(tmp_path):
+    code = ("import sys, lrlab\n"
+            "result = lrlab.train(lrlab.RunConfig(dataset='synthetic', model='cnn', width=4, epochs=1, batch_size=64,\n"
+            f"    limit_train=128, limit_test=64, device='cpu', quiet=True, out={str(tmp_path / 'run')!r}))\n"
+            "print(result.state, ' '.join(m for m in ('torchvision', 'scipy.signal') if m in sys.modules))")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout.split()
+    assert printed == ["finished"]

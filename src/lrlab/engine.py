@@ -19,13 +19,13 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from lrlab import __version__, distributed, lrfinder
+from lrlab import __version__, distributed
 from lrlab.config import RUNTIME_ONLY, RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError, clip, first_names
@@ -43,6 +43,9 @@ from lrlab.preview import doctor
 from lrlab.runs import FollowerRun, RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
 from lrlab.steps import GraphedStep, eager_step
+
+if TYPE_CHECKING:
+    from lrlab import lrfinder  # imported where a range test runs: it brings scipy.signal, a second to import
 
 CHECKPOINT_FORMAT = 1
 # What restore() reads from last.pt, and the type each must have.
@@ -473,12 +476,16 @@ class Trainer:
     def range_test(self, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
                    diverge: float = 4.0) -> lrfinder.RangeTest:
         """An LR range test on this run's model and batches; nothing of the run is changed by it."""
+        from lrlab import lrfinder
+
         spec = parse_optimizer(with_lr(self.config.optimizer, start))
         return lrfinder.range_test(self.model, lambda parameters: build_optimizer(spec, parameters), self.train_loader,
                                    self.loss_fn, start, end, steps, mode, diverge, self.autocast)
 
     def _auto_lr(self) -> float:
         """lr=auto: the range test's pick, recorded in the run directory (and reused on resume)."""
+        from lrlab import lrfinder
+
         record = self.run.path / "lr_find.json"
         if self.resume and record.exists():
             try:
@@ -810,6 +817,8 @@ def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: in
             diverge: float = 4.0, repeats: int = 1, data: ImageData | None = None,
             builder: Callable[..., nn.Module] | None = None) -> dict[str, Any]:
     """LR range test(s) for `config` (seeds seed, seed+1, ...); writes lr_find.* into config.out."""
+    from lrlab import lrfinder
+
     lrfinder.check_settings(start, end, steps, mode, diverge)
     if repeats < 1:
         raise UsageError(f"--repeats {repeats} should be at least 1")

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from lrlab import imports
 from lrlab.config import memory_budget_bytes
@@ -92,6 +91,8 @@ def _item(dataset: Any, index: int, split: str, name: str) -> tuple[Any, Any]:
 
 def _as_image(image: Any, where: str) -> torch.Tensor:
     if isinstance(image, Image.Image):
+        from torchvision.transforms.v2 import functional as TF  # torchvision takes seconds to import; only PIL images need it
+
         return TF.pil_to_tensor(image)
     if not isinstance(image, torch.Tensor):
         raise UsageError(f"{where}: the image is a {type(image).__name__}; give a tensor (C, H, W) or a PIL image")
