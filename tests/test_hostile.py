@@ -437,14 +437,14 @@ def test_a_decompression_bomb_png_is_skipped_and_counted(tmp_path, capsys):
 
 
 def test_the_doctor_flags_lrs_that_stop_being_positive_and_a_warmup_longer_than_the_run(capsys):
-    assert main(["doctor", "lambda:lr_lambda=1-epoch/10", "--epochs", "20"]) == 1
+    assert main(["doctor", "lambda:lr_lambda=1-epoch/10", "--epochs", "20", "--steps-per-epoch", "1"]) == 1
     assert "the LR becomes -0.1 x --lr at step 12 (epoch 12)" in capsys.readouterr().out
     assert main(["doctor", "lambda:lr_lambda=1/(5-epoch)", "--epochs", "8"]) == 1
     assert "fails at epoch 5: float division by zero" in capsys.readouterr().out
     assert main(["doctor", "cosine:T_max=5", "--epochs", "5"]) == 0  # annealing to exactly zero is fine
     assert main(["doctor", "warmup(linear,epochs=100)+cosine:T_max=5", "--epochs", "5"]) == 1
     out = capsys.readouterr().out
-    assert "the warmup takes 100 steps but the whole run has 5" in out and "-95" not in out
+    assert "the warmup takes 100 epochs but the whole run has 5 epochs" in out and "-95" not in out
 
 
 def test_messages_are_cut_between_words_and_name_types_a_user_can_write():

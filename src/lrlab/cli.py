@@ -184,7 +184,7 @@ def build_parser() -> Parser:
                                   epilog=PREVIEW_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     preview.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs")
     preview.add_argument("--epochs", type=int, default=20, help="run length in epochs (default: 20)")
-    preview.add_argument("--steps-per-epoch", type=int, default=1, help="optimizer steps per epoch (default: 1)")
+    _add_steps_per_epoch(preview)
     preview.add_argument("--lr", type=float, default=0.1, help="the optimizer's LR (default: 0.1)")
     preview.add_argument("--metric", help="assumed monitored metric per epoch for plateau, comma-separated (default: flat)")
     preview.add_argument("--plot", help="write a plot here (.png or .svg)")
@@ -195,7 +195,7 @@ def build_parser() -> Parser:
                                  epilog='example:\n  lrlab doctor "cosine:T_max=50" --epochs 20', formatter_class=argparse.RawDescriptionHelpFormatter)
     doctor.add_argument("specs", nargs="+", metavar="SPEC", help="schedule specs")
     doctor.add_argument("--epochs", type=int, default=20, help="run length in epochs (default: 20)")
-    doctor.add_argument("--steps-per-epoch", type=int, default=1, help="optimizer steps per epoch (default: 1)")
+    _add_steps_per_epoch(doctor)
     doctor.add_argument("--test-images", type=int, metavar="N", help="also say whether a test set of N images can resolve --min-effect")
     doctor.add_argument("--min-effect", type=float, default=0.5, metavar="POINTS",
                         help="the smallest accuracy difference you care about, in points (default: 0.5)")
@@ -205,6 +205,33 @@ def build_parser() -> Parser:
                                     epilog="example:\n  lrlab schedules", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_quiet(schedules)
     return parser
+
+
+def _add_steps_per_epoch(parser: argparse.ArgumentParser) -> None:
+    """--steps-per-epoch, or the options of a run it is worked out from, as training would."""
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="optimizer steps per epoch (default: those of a run on --dataset with --batch-size)")
+    parser.add_argument("--dataset", default=RunConfig.dataset, help=f"the run's data set (default: {RunConfig.dataset})")
+    parser.add_argument("--batch-size", type=int, default=RunConfig.batch_size, help=f"the run's batch size (default: {RunConfig.batch_size})")
+    parser.add_argument("--val-fraction", type=float, default=RunConfig.val_fraction,
+                        help=f"the run's validation fraction (default: {RunConfig.val_fraction})")
+    parser.add_argument("--limit-train", type=int, help="the run's --limit-train")
+    parser.add_argument("--data-dir", help="folder to look for data files in first (for folder and your own data sets)")
+
+
+def _steps_per_epoch(arguments: argparse.Namespace) -> int:
+    """--steps-per-epoch as given, else the steps of an epoch on the run's data set (said on stderr)."""
+    if arguments.steps_per_epoch is not None:
+        return arguments.steps_per_epoch
+    from lrlab.data import steps_per_epoch
+
+    config = config_from_dict({"dataset": arguments.dataset, "batch_size": arguments.batch_size,
+                               "val_fraction": arguments.val_fraction, "limit_train": arguments.limit_train}, "command line")
+    steps, images = steps_per_epoch(config.dataset, config.batch_size, config.val_fraction, config.limit_train, arguments.data_dir)
+    if not arguments.quiet:
+        print(f"steps per epoch: {steps} ({config.dataset}: {images:,} training images in batches of {config.batch_size}; "
+              f"--steps-per-epoch sets it)", file=sys.stderr)
+    return steps
 
 
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -325,6 +352,7 @@ def _preview(arguments: argparse.Namespace) -> int:
             metric = [float(v) for v in arguments.metric.split(",")]
         except ValueError:
             raise UsageError("--metric should be numbers separated by commas, one per epoch") from None
+    arguments.steps_per_epoch = _steps_per_epoch(arguments)
     previews = {spec: preview(spec, arguments.epochs, arguments.steps_per_epoch, arguments.lr, metric) for spec in arguments.specs}
     if arguments.csv:
         _write_output(arguments.csv, previews_csv(previews))
@@ -349,8 +377,9 @@ def _doctor(arguments: argparse.Namespace) -> int:
     from lrlab.preview import doctor, doctor_test_set
 
     found = 0
+    steps = _steps_per_epoch(arguments)
     for spec in arguments.specs:
-        lines = doctor(spec, arguments.epochs, arguments.steps_per_epoch)
+        lines = doctor(spec, arguments.epochs, steps)
         found += len(lines)
         for line in lines:
             print(f"warning: {line}")
@@ -381,9 +410,12 @@ def _schedules(arguments: argparse.Namespace) -> int:
 
     rows = describe_schedules()
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    for short, class_name, stepping in rows:
+    for short, class_name, stepping, takes in rows:
         print(f"{short:<{widths[0]}}  {class_name:<{widths[1]}}  {stepping}")
-    print("\nany spec may start with warmup(linear|constant,epochs=E)+ and end with @step or @epoch")
+        print(f"{'':<{widths[0]}}  {takes}")
+    print("\nwrite a spec as name:key=value,... (e.g. step:step_size=5,gamma=0.5); <run length> is filled in from --epochs "
+          "when left out (in steps for a schedule stepped per batch)")
+    print("any spec may start with warmup(linear|constant,epochs=E or steps=N)+ and end with @step or @epoch")
     return 0
 
 

@@ -99,13 +99,15 @@ PRESETS = {
     ),
     "modern": Preset(
         "what people use today: one-cycle, linear warmup then cosine to zero, linear decay to zero, "
-        "and schedule-free AdamW (no schedule at all), over 20 epochs",
+        "warmup-stable-decay (a 1-sqrt cooldown over the last 20%), and schedule-free AdamW (no schedule at all), "
+        "over 20 epochs",
         20,
         (
             Variant("constant", "constant"),
             Variant("onecycle", "onecycle:max_lr=0.1"),
             Variant("warmup-cosine", "warmup(linear,epochs=1)+cosine:T_max=19"),
             Variant("linear-to-zero", "linear:start_factor=1.0,end_factor=0.0,total_iters=20"),
+            Variant("warmup-stable-decay", "warmup(linear,epochs=1)+wsd:cooldown=0.2,shape=1-sqrt"),
             Variant("schedulefree-adamw", "constant", "adamw-schedulefree:lr=0.005,warmup_steps=200"),
         ),
     ),

@@ -88,8 +88,11 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
                     f"(the doctor previews at most {MAX_PREVIEW_STEPS:,}); preview a shorter run to see its LR"]
         steps_per_epoch = 1  # stepped once per epoch: its LR per epoch is the same whatever the epoch's length
     warmup_steps = spec.warmup_steps(steps_per_epoch)
+    # The run's length in the warmup's own unit, so a warmup written in epochs is talked about in epochs.
+    run_length = (f"{epochs} epoch{'s' if epochs != 1 else ''}" if spec.warmup and spec.warmup.steps is None
+                  else f"{epochs * steps_per_epoch} steps")
     if warmup_steps >= epochs * steps_per_epoch:
-        return [f"{name}: the warmup takes {warmup_steps} steps but the whole run has {epochs * steps_per_epoch}; "
+        return [f"{name}: the warmup takes {spec.warmup.length_as_given} but the whole run has {run_length}; "
                 "the schedule after it never runs (shorten the warmup or train longer)"]
     try:
         rows = preview(spec, epochs, steps_per_epoch, lr=1.0)
@@ -108,9 +111,9 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
     arguments = spec.arguments
 
     if spec.warmup and warmup_steps >= epochs * steps_per_epoch / 2:
-        warnings_found.append(f"{name}: the warmup takes {warmup_steps} of the run's {epochs * steps_per_epoch} steps; "
+        warnings_found.append(f"{name}: the warmup takes {spec.warmup.length_as_given} of the run's {run_length}; "
                               "the schedule after it barely runs")
-    if spec.class_name == "CosineAnnealingLR":
+    if spec.class_name == "CosineAnnealingLR" and not spec.length_from_run:
         t_max = arguments["T_max"]
         if t_max > length:
             warnings_found.append(
@@ -139,10 +142,21 @@ def doctor(spec: ScheduleSpec | str, epochs: int, steps_per_epoch: int = 1) -> l
         if total and total != length:
             warnings_found.append(f"{name}: its cycle is {total} {unit} but the run has {length}; "
                                   "drop total_steps/epochs to let lrlab fit it to the run")
+    elif spec.class_name == "WarmupStableDecayLR":
+        cooldown = max(1, round(arguments.get("cooldown", 0.2) * arguments.get("total_steps", length)))
+        if cooldown < 2:
+            warnings_found.append(f"{name}: the cooldown takes {cooldown} {unit[:-1]} of the run's {length}; the LR drops at "
+                                  "once at the very end instead of annealing (a larger cooldown=, or stepping per batch)")
+        total = arguments.get("total_steps")
+        if total and total != length:
+            warnings_found.append(f"{name}: total_steps={total} but the run has {length} {unit}; the cooldown "
+                                  f"{'ends early and the LR stays at its floor' if total < length else 'never finishes'} "
+                                  "(drop total_steps to let lrlab fit it to the run)")
     if spec.class_name and spec.class_name not in ("ReduceLROnPlateau", "CyclicLR", "CosineAnnealingWarmRestarts"):
         if 0.7 <= final_factor < 0.999:
             warnings_found.append(f"{name}: the LR ends at {final_factor:.2f} of its start; hardly a decay over this run")
-        elif final_factor < 1e-3 and spec.class_name not in ("OneCycleLR", "LinearLR", "PolynomialLR", "CosineAnnealingLR"):
+        elif final_factor < 1e-3 and spec.class_name not in ("OneCycleLR", "LinearLR", "PolynomialLR", "CosineAnnealingLR",
+                                                             "WarmupStableDecayLR"):
             warnings_found.append(f"{name}: the LR ends at {final_factor:.1e} of its start; the last epochs barely train")
     return warnings_found
 

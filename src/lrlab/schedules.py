@@ -13,7 +13,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.optim import lr_scheduler
@@ -35,24 +35,75 @@ SHORT_NAMES = {
     "constant-factor": "ConstantLR",
     "lambda": "LambdaLR",
     "multiplicative": "MultiplicativeLR",
+    "wsd": "WarmupStableDecayLR",
 }
 NO_SCHEDULE = "constant"
-PER_STEP_BY_DEFAULT = {"OneCycleLR", "CyclicLR"}
+PER_STEP_BY_DEFAULT = {"OneCycleLR", "CyclicLR", "WarmupStableDecayLR"}
 COMBINATORS = {"SequentialLR", "ChainedScheduler"}
 MONITORS = ("val_loss", "val_acc", "test_loss", "test_acc", "train_loss", "train_acc")
 # Arguments lrlab fills in itself, so the user never passes an optimizer or a position.
 FILLED_BY_LRLAB = ("optimizer", "last_epoch", "verbose")
+# Lengths that default to the run's (after any warmup) when not given: the one of these a class
+# reads, and the arguments that, when given, set its length instead.
+RUN_LENGTH_ARGUMENTS = {
+    "CosineAnnealingLR": ("T_max", ("T_max",)),
+    "OneCycleLR": ("total_steps", ("total_steps", "epochs", "steps_per_epoch")),
+    "WarmupStableDecayLR": ("total_steps", ("total_steps",)),
+}
+
+
+class WarmupStableDecayFactor:
+    """The LR factor of warmup-stable-decay at step `step`: 1, then down to `min_factor` over the last
+    `cooldown` of `total_steps`, linearly or as 1 - sqrt(progress) (Hugging Face's `get_wsd_schedule`).
+
+    An object rather than a closure, so torch's `state_dict()` saves it (it stores the `__dict__` of
+    callable objects) and a checkpoint loads with `weights_only=True`.
+    """
+
+    def __init__(self, total_steps: int, cooldown: float, shape: str, min_factor: float):
+        self.total_steps = total_steps
+        self.cooldown_steps = max(1, round(cooldown * total_steps))
+        self.shape = shape
+        self.min_factor = min_factor
+
+    def __call__(self, step: int) -> float:
+        progress = min(1.0, max(0.0, (step - (self.total_steps - self.cooldown_steps)) / self.cooldown_steps))
+        decayed = progress if self.shape == "linear" else math.sqrt(progress)
+        return self.min_factor + (1.0 - self.min_factor) * (1.0 - decayed)
+
+
+class WarmupStableDecayLR(lr_scheduler.LambdaLR):
+    """Warmup-stable-decay: the LR holds, then cools down over the last `cooldown` fraction of the run.
+
+    Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations":
+    a short cooldown (20%) with the 1-sqrt shape matches cosine, and the stable phase can be cut
+    anywhere. Torch's LambdaLR does the stepping; the warmup is lrlab's `warmup(...)+` in front of it.
+    `total_steps` is the run's length after the warmup, filled in by lrlab when not given.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int | None = None, cooldown: float = 0.2,
+                 shape: Literal["linear", "1-sqrt"] = "1-sqrt", min_factor: float = 0.0, last_epoch: int = -1):
+        if total_steps is None:
+            raise ValueError("WarmupStableDecayLR needs total_steps, the steps of the schedule")
+        if shape not in ("linear", "1-sqrt"):
+            raise ValueError(f"shape={shape!r} should be linear or 1-sqrt")
+        self.total_steps, self.cooldown, self.shape, self.min_factor = total_steps, cooldown, shape, min_factor
+        super().__init__(optimizer, WarmupStableDecayFactor(total_steps, cooldown, shape, min_factor), last_epoch)
+
+
+# Schedules lrlab adds, each built on a torch scheduler class that does the stepping.
+LRLAB_CLASSES = {"WarmupStableDecayLR": WarmupStableDecayLR}
 
 
 def scheduler_classes() -> dict[str, type]:
-    """Every public scheduler class torch ships, by class name."""
+    """Every public scheduler class torch ships, by class name, and lrlab's own (LRLAB_CLASSES)."""
     found = {}
     for name, value in vars(lr_scheduler).items():
         if name.startswith("_") or not inspect.isclass(value) or name == "LRScheduler":
             continue
         if issubclass(value, (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)):
             found[name] = value
-    return found
+    return {**found, **LRLAB_CLASSES}
 
 
 @dataclass(frozen=True)
@@ -68,6 +119,13 @@ class WarmupSpec:
         if self.steps is not None:
             return self.steps
         return max(1, round(self.epochs * steps_per_epoch))
+
+    @property
+    def length_as_given(self) -> str:
+        """The warmup's length in the unit it was written in: '30 epochs' or '200 steps'."""
+        if self.steps is not None:
+            return f"{self.steps} step{'s' if self.steps != 1 else ''}"
+        return f"{self.epochs:g} epoch{'s' if self.epochs != 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +145,24 @@ class ScheduleSpec:
 
     def warmup_steps(self, steps_per_epoch: int) -> int:
         return self.warmup.total_steps(steps_per_epoch) if self.warmup else 0
+
+    @property
+    def length_from_run(self) -> str | None:
+        """The argument that takes the run's length because the spec did not give it (T_max, total_steps), or None."""
+        if self.class_name not in RUN_LENGTH_ARGUMENTS:
+            return None
+        filled, setters = RUN_LENGTH_ARGUMENTS[self.class_name]
+        return None if set(setters) & set(self.arguments) else filled
+
+    @property
+    def depends_on_run_length(self) -> str | None:
+        """Why the LR at a given step changes with the run's length (so a finished run cannot simply
+        be trained longer), or None when it does not."""
+        if self.length_from_run:
+            return f"its {self.length_from_run} is the run's length"
+        if self.class_name == "OneCycleLR":
+            return "one-cycle ends its cycle at its total_steps and cannot step past it"
+        return None
 
     def main_length(self, epochs: int, steps_per_epoch: int) -> int:
         """How long the schedule after the warmup runs: in steps if it steps per batch, else in whole epochs."""
@@ -290,6 +366,9 @@ VALUE_RULES: dict[str, dict[str, tuple[Callable[[float], bool], str]]] = {
                  "total_iters": (_at_least_one, "at least 1 (LinearLR divides by total_iters)")},
     "ConstantLR": {"factor": (_fraction, "in (0, 1] (ConstantLR divides the LR by factor when it ends)"),
                    "total_iters": (_not_negative, "zero or more")},
+    "WarmupStableDecayLR": {"total_steps": (_at_least_one, "at least 1 (the cooldown is a share of it)"),
+                            "cooldown": (_fraction, "in (0, 1], the share of the run spent cooling down (e.g. 0.2)"),
+                            "min_factor": (lambda v: 0 <= v <= 1, "in [0, 1], the LR's last value as a share of its start")},
     "PolynomialLR": {"total_iters": (_at_least_one, "at least 1 (PolynomialLR divides by total_iters)"),
                      "power": (_not_negative, "zero or positive (PolynomialLR raises 0 to this power at its end)")},
 }
@@ -351,7 +430,10 @@ def resolve_class_name(name: str) -> str | None:
 
 def parse_schedule(text: str) -> ScheduleSpec:
     """Parse and check a schedule spec such as `warmup(linear,epochs=2)+cosine:T_max=18@step`."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise UsageError(f"a schedule spec is text, e.g. constant or step:step_size=5,gamma=0.5; got {type(text).__name__} "
+                         f"{clip(repr(text), 40)}")
+    if not text.strip():
         raise UsageError("empty schedule spec; use e.g. constant or step:step_size=5,gamma=0.5")
     check_length(text, "schedule")
     body = text.strip()
@@ -379,7 +461,7 @@ def parse_schedule(text: str) -> ScheduleSpec:
     cls = scheduler_classes()[class_name]
     if class_name in ("LambdaLR", "MultiplicativeLR") and isinstance(arguments.get("lr_lambda"), (int, float)):
         arguments["lr_lambda"] = str(arguments["lr_lambda"])
-    check_arguments(cls, arguments, context, FILLED_BY_LRLAB)
+    check_arguments(cls, arguments, context, FILLED_BY_LRLAB, may_be_omitted=RUN_LENGTH_ARGUMENTS.get(class_name, ("",))[:1])
     _check_values(class_name, arguments, context)
     if "lr_lambda" in arguments:
         LrLambda(arguments["lr_lambda"])
@@ -404,10 +486,10 @@ def parse_schedule(text: str) -> ScheduleSpec:
 
 
 def _fill_run_length(spec: ScheduleSpec, main_steps: int) -> dict[str, Any]:
-    """OneCycleLR needs its length; give it the run's unless the user chose one."""
+    """A length the spec left out (cosine's T_max, one-cycle's total_steps) is the run's, after any warmup."""
     arguments = dict(spec.arguments)
-    if spec.class_name == "OneCycleLR" and not {"total_steps", "epochs", "steps_per_epoch"} & set(arguments):
-        arguments["total_steps"] = max(1, main_steps)
+    if spec.length_from_run:
+        arguments[spec.length_from_run] = max(1, main_steps)
     if "lr_lambda" in arguments:
         arguments["lr_lambda"] = LrLambda(arguments["lr_lambda"])
     return arguments
@@ -424,8 +506,8 @@ class ScheduleDriver:
     """
 
     def __init__(self, spec: ScheduleSpec | str, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
-        if isinstance(spec, str):
-            spec = parse_schedule(spec)
+        if not isinstance(spec, ScheduleSpec):
+            spec = parse_schedule(spec)  # text, or a UsageError saying what a spec is
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise UsageError(f"a schedule drives a torch.optim optimizer, not a {type(optimizer).__name__}")
         for name, value, least in (("epochs", epochs, 1), ("steps_per_epoch", steps_per_epoch, 0)):
@@ -474,7 +556,7 @@ class ScheduleDriver:
         if self.main is None or self.spec.per_step or not epoch_began_after_warmup:
             return
         if self.spec.is_plateau:
-            if self.spec.monitor not in metrics:
+            if not isinstance(metrics, dict) or self.spec.monitor not in metrics:
                 raise UsageError(f"schedule {self.spec.text!r} monitors {self.spec.monitor}; pass it to after_epoch, "
                                  f"as in after_epoch({{'{self.spec.monitor}': value}})")
             self.main.step(metrics[self.spec.monitor])
@@ -500,9 +582,28 @@ class ScheduleDriver:
             self.warmup.load_state_dict(state["warmup"])
 
 
-def describe_schedules() -> list[tuple[str, str, str]]:
-    """(short name, torch class, stepping) for every schedule lrlab knows, for `lrlab schedules`."""
-    rows = [(NO_SCHEDULE, "-", "fixed LR")]
+def describe_arguments(class_name: str) -> str:
+    """`name=default, ...` for what a schedule takes; a required argument shows `(required)`, a length
+    lrlab fills in shows `<run length>`."""
+    filled = RUN_LENGTH_ARGUMENTS.get(class_name, ("",))[0]
+    shown = []
+    for name, parameter in inspect.signature(scheduler_classes()[class_name]).parameters.items():
+        if name in FILLED_BY_LRLAB or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if name == filled:
+            shown.append(f"{name}=<run length>")
+        elif parameter.default is inspect.Parameter.empty:
+            shown.append(f"{name} (required)")
+        else:
+            shown.append(f"{name}={parameter.default!r}".replace("'", ""))
+    if class_name == "ReduceLROnPlateau":
+        shown.append(f"monitor=val_loss (one of {', '.join(MONITORS)})")
+    return ", ".join(shown) or "no arguments"
+
+
+def describe_schedules() -> list[tuple[str, str, str, str]]:
+    """(short name, class, stepping, arguments with defaults) for every schedule lrlab knows, for `lrlab schedules`."""
+    rows = [(NO_SCHEDULE, "-", "fixed LR", "no arguments")]
     short_for = {v: k for k, v in SHORT_NAMES.items()}
     for class_name in sorted(scheduler_classes()):
         if class_name in COMBINATORS:
@@ -510,7 +611,5 @@ def describe_schedules() -> list[tuple[str, str, str]]:
         stepping = "per batch" if class_name in PER_STEP_BY_DEFAULT else "per epoch"
         if class_name == "ReduceLROnPlateau":
             stepping += ", with monitor"
-        rows.append((short_for.get(class_name, class_name.lower()), class_name, stepping))
+        rows.append((short_for.get(class_name, class_name.lower()), class_name, stepping, describe_arguments(class_name)))
     return rows
-
-

@@ -137,8 +137,13 @@ def check_arguments(
     arguments: dict[str, Any],
     context: str,
     filled_by_lrlab: Iterable[str] = (),
+    may_be_omitted: Iterable[str] = (),
 ) -> None:
-    """Refuse names the real signature lacks and values its annotations rule out."""
+    """Refuse names the real signature lacks and values its annotations rule out.
+
+    `may_be_omitted` names required arguments lrlab fills in when they are not given (a length that
+    defaults to the run's).
+    """
     parameters = dict(inspect.signature(target).parameters)
     reserved = set(filled_by_lrlab)
     known = [n for n, p in parameters.items() if n not in reserved and p.kind is not p.VAR_KEYWORD]
@@ -170,6 +175,7 @@ def check_arguments(
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         and n not in reserved
         and n not in arguments
+        and n not in set(may_be_omitted)
     ]
     if missing:
         raise UsageError(f"{context}: missing required argument {', '.join(missing)}")

@@ -80,4 +80,26 @@ def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[tuple[s
     return rows
 
 
-__all__ = ["NAMES", "BatchLoader", "ImageData", "describe_datasets", "load_dataset"]
+# Training images of each built-in source as it loads (before --limit-train and the validation split),
+# so a schedule's preview knows the steps of an epoch without reading the data.
+TRAIN_IMAGES = {"fashion-mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "digits": 1_437,
+                "synthetic": 2_000}
+
+
+def steps_per_epoch(dataset: str, batch_size: int, val_fraction: float = 0.0, limit_train: int | None = None,
+                    data_dir: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(optimizer steps in one epoch, training images) of a run on `dataset`: read from a table for the
+    built-in sources, by loading the data set otherwise."""
+    from lrlab.data.loader import batches_per_epoch
+
+    count = TRAIN_IMAGES.get(dataset)
+    if count is None:
+        count = len(load_dataset(dataset, data_dir).train_labels)
+    if limit_train is not None:
+        count = min(count, limit_train)
+    if val_fraction:
+        count -= max(1, round(val_fraction * count))  # what split_validation holds out
+    return batches_per_epoch(count, batch_size), count
+
+
+__all__ = ["NAMES", "TRAIN_IMAGES", "BatchLoader", "ImageData", "describe_datasets", "load_dataset", "steps_per_epoch"]
