@@ -8,6 +8,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +20,8 @@ from matplotlib.ticker import MaxNLocator
 from lrlab.aggregate import Comparison, ScheduleResult, aggregate
 from lrlab.comparison import run_path
 from lrlab.config import RUNTIME_ONLY
+from lrlab.errors import UsageError
+from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
 from lrlab.stats import CONFIDENCE
 
@@ -157,6 +160,54 @@ def verdict(comparison: Comparison) -> str:
     return " ".join(lines)
 
 
+def same_lr_arms(comparison: Comparison) -> dict[str, str]:
+    """label -> the label of an earlier arm that ran with the same optimizer and the same LR at every step
+    of every seed: the two are the same run (same seed, same weights, same batches), not two results."""
+    same = {}
+    for index, result in enumerate(comparison.results):
+        for earlier in comparison.results[:index]:
+            if earlier.label in same or earlier.optimizer != result.optimizer or earlier.picked_lr != result.picked_lr:
+                continue
+            seeds = [s for s in result.finished_seeds if s in earlier.curves and s in result.curves]
+            epoch_lrs = all([r["lr"] for r in result.curves[s]] == [r["lr"] for r in earlier.curves[s]] for s in seeds)
+            step_lrs = ([r["lr"] for r in next(iter(result.steps.values()), [])]
+                        == [r["lr"] for r in next(iter(earlier.steps.values()), [])])
+            if seeds and epoch_lrs and step_lrs:
+                same[result.label] = earlier.label
+                break
+    return same
+
+
+def _steps_per_epoch(result: ScheduleResult) -> int:
+    steps = next(iter(result.steps.values()), [])
+    return max(1, sum(1 for row in steps if row["epoch"] == 1))
+
+
+def notes(comparison: Comparison) -> list[str]:
+    """What to know before reading the table: arms that were the same run, what `lrlab doctor` says of
+    each schedule over this run, and LRs picked at the edge of an LR grid."""
+    found = []
+    for label, earlier in same_lr_arms(comparison).items():
+        found.append(f"{label} ran the same LR as {earlier} at every step, with the same optimizer: the two are the same "
+                     f"run, so their results are identical and not a finding (drawn dashed in the plots).")
+    for result in comparison.results:
+        try:
+            lines = doctor(result.schedule, comparison.epochs, _steps_per_epoch(result))
+        except UsageError as error:
+            lines = [str(error)]
+        found += [f"lrlab doctor on {result.label}: {line.removeprefix(result.schedule + ': ')}" for line in lines]
+    lrs = comparison.lrs
+    if len(lrs) > 1:
+        for edge, name, beyond in ((lrs[-1], "largest", lrs[-1] ** 2 / lrs[-2]), (lrs[0], "smallest", lrs[0] ** 2 / lrs[1])):
+            at_edge = [r.label for r in comparison.results if r.picked_lr == edge]
+            if at_edge:
+                extended = sorted([*lrs, beyond])
+                found.append(f"{', '.join(at_edge)} picked LR {edge:g}, the {name} of the grid (--lrs "
+                             f"{' '.join(f'{lr:g}' for lr in lrs)}): the best LR may lie beyond it; extend the grid, "
+                             f"e.g. --lrs {' '.join(f'{lr:.3g}' for lr in extended)}.")
+    return found
+
+
 def readable_table(comparison: Comparison, rows: list[dict[str, str]]) -> tuple[list[str], list[list]]:
     """The summary as people read it (summary.md and report.html): headers, then per schedule its
     (label, spec) pair and the other cells as text."""
@@ -182,8 +233,10 @@ def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
     writer.writerows(rows)
     RunDirectory(comparison.out).write_text(csv_path, text.getvalue())
     headers, table = readable_table(comparison, rows)
-    lines = [f"# Schedule comparison: {comparison.out.name}", "", verdict(comparison), "",
-             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = [f"# Schedule comparison: {comparison.out.name}", "", verdict(comparison), ""]
+    if notes(comparison):
+        lines += ["## Notes", "", *(f"- {note}" for note in notes(comparison)), ""]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for cells in table:
         cells = [f"`{cells[0][1]}`" if cells[0][0] == cells[0][1] else f"{cells[0][0]} (`{cells[0][1]}`)", *cells[1:]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -194,7 +247,8 @@ def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
-def _band(ax, result: ScheduleResult, column: str, scale: float = 1.0, first_epoch: int = 1) -> None:
+def _band(ax, result: ScheduleResult, column: str, scale: float = 1.0, first_epoch: int = 1,
+          same_as: dict[str, str] | None = None) -> None:
     curves = [result.curves[s] for s in result.finished_seeds if s in result.curves]
     if not curves:
         return
@@ -203,16 +257,38 @@ def _band(ax, result: ScheduleResult, column: str, scale: float = 1.0, first_epo
     epochs = [curves[0][i]["epoch"] for i in shown]
     values = [[c[i][column] * scale for c in curves] for i in shown]
     means = [sum(v) / len(v) for v in values]
-    line, = ax.plot(epochs, means, label=f"{result.label} (n={len(curves)})")
+    label = f"{_plot_label(result, same_as or {})} (n={len(curves)})"
+    line, = ax.plot(epochs, means, label=label, **_line_style(result, same_as))
     if len(curves) > 1:
         ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
 
 
+def _line_style(result: ScheduleResult, same_as: dict[str, str] | None) -> dict:
+    """An arm that repeats an earlier arm's run is drawn dashed, on top, so the line it hides stays visible."""
+    if not same_as or result.label not in same_as:
+        return {}
+    return {"linestyle": (0, (4, 3)), "linewidth": 2.2, "zorder": 3}
+
+
+def _plot_label(result: ScheduleResult, same_as: dict[str, str]) -> str:
+    return f"{result.label} (= {same_as[result.label]})" if result.label in same_as else result.label
+
+
+def _legend(ax, **options) -> None:
+    """The legend below the plot, outside the data, in as many columns as its labels allow."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    columns = 1 if max(len(label) for label in labels) > 40 else min(3, len(labels))
+    ax.figure.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=columns, frameon=False, **options)
+
+
 def _figure(title: str, xlabel: str, ylabel: str):
-    figure, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    # Constrained layout keeps the title, the tick labels and the legend below the plot inside the image.
+    figure, ax = plt.subplots(figsize=(7, 4.6), dpi=110, layout="constrained")
     if xlabel == "epoch":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 64), fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -220,7 +296,8 @@ def _figure(title: str, xlabel: str, ylabel: str):
 
 
 def _save(figure, folder: Path, name: str) -> Path:
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
     for suffix in ("png", "svg"):
         figure.savefig(folder / f"{name}.{suffix}")
     plt.close(figure)
@@ -232,17 +309,20 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
     folder.mkdir(exist_ok=True)
     written = {}
     results = comparison.results
+    same_as = same_lr_arms(comparison)
     figure, ax = _figure("Learning rate at the start of each epoch (first seed)", "epoch", "learning rate")
     for result in results:
         seed_rows = next(iter(result.curves.values()), [])
-        ax.plot([r["epoch"] for r in seed_rows], [r["lr"] for r in seed_rows], marker=".", label=result.label)
-    ax.legend(fontsize=8)
+        ax.plot([r["epoch"] for r in seed_rows], [r["lr"] for r in seed_rows], marker=".", label=_plot_label(result, same_as),
+                **_line_style(result, same_as))
+    _legend(ax)
     written["lr_by_epoch"] = _save(figure, folder, "lr_by_epoch")
     figure, ax = _figure("Learning rate at every optimizer step (first seed)", "step", "learning rate")
     for result in results:
         steps = next(iter(result.steps.values()), [])
-        ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], label=result.label, linewidth=1)
-    ax.legend(fontsize=8)
+        ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], label=_plot_label(result, same_as),
+                **{"linewidth": 1, **_line_style(result, same_as)})
+    _legend(ax)
     written["lr_by_step"] = _save(figure, folder, "lr_by_step")
     for column, title, scale, ylabel in (
         ("test_acc", "Test accuracy (line: mean over seeds; band: min to max)", 100, "test accuracy (%)"),
@@ -251,8 +331,8 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
     ):
         figure, ax = _figure(title, "epoch", ylabel)
         for result in results:
-            _band(ax, result, column, scale)
-        ax.legend(fontsize=8)
+            _band(ax, result, column, scale, same_as=same_as)
+        _legend(ax)
         written[column] = _save(figure, folder, column)
         if column == "test_acc" and comparison.epochs >= 4:
             written["test_acc_last_epochs"] = _last_epochs(comparison, folder)
@@ -266,7 +346,7 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
         ax.errorbar([100 * final.mean], [index], xerr=error, fmt="o", capsize=4)
         finals = [result.curves[s][-1]["test_acc"] * 100 for s in result.finished_seeds]
         ax.scatter(finals, [index] * len(finals), s=12, color="grey", zorder=3)
-    ax.set_yticks(range(len(shown)), [r.label for r in shown])
+    ax.set_yticks(range(len(shown)), [textwrap.fill(_plot_label(r, same_as), 28) for r in shown], fontsize=8)
     ax.set_xlim(right=min(100.0, ax.get_xlim()[1]))
     ax.set_ylabel("")
     written["final_acc"] = _save(figure, folder, "final_acc")
@@ -293,9 +373,10 @@ def _last_epochs(comparison: Comparison, folder: Path) -> Path:
     """The test accuracy of the last quarter of the epochs (at least 3), on a scale where the curves part."""
     first = comparison.epochs - max(3, comparison.epochs // 4) + 1
     figure, ax = _figure(f"Test accuracy, epochs {first} to {comparison.epochs} (zoomed)", "epoch", "test accuracy (%)")
+    same_as = same_lr_arms(comparison)
     for result in comparison.results:
-        _band(ax, result, "test_acc", 100, first_epoch=first)
-    ax.legend(fontsize=8)
+        _band(ax, result, "test_acc", 100, first_epoch=first, same_as=same_as)
+    _legend(ax)
     return _save(figure, folder, "test_acc_last_epochs")
 
 
@@ -320,18 +401,18 @@ def _accuracy_against_lr(comparison: Comparison, folder: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xticks(comparison.lrs, [f"{lr:g}" for lr in comparison.lrs])
     ax.minorticks_off()
-    ax.legend(fontsize=8, title="ringed: picked LR", title_fontsize=8)
+    _legend(ax, title="ringed: picked LR", title_fontsize=8)
     return _save(figure, folder, "acc_vs_lr")
 
 
 def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
     """One file with everything inline: no script, no remote resource, every user string escaped."""
     headers, cells = readable_table(comparison, summary_rows(comparison))
-    table = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in headers) + "</tr></thead><tbody>"]
+    table = ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in headers) + "</tr></thead><tbody>"]
     for (label, spec), *rest in cells:
         name = html.escape(label) + ("" if label == spec else f"<br><code>{html.escape(spec)}</code>")
         table.append(f"<tr><td>{name}</td>" + "".join(f"<td>{html.escape(c)}</td>" for c in rest) + "</tr>")
-    table.append("</tbody></table>")
+    table.append("</tbody></table></div>")
     images = []
     for name, path in plots.items():
         encoded = base64.b64encode(path.read_bytes()).decode()
@@ -344,21 +425,28 @@ def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
             configs.append(f"<details><summary>{html.escape(result.label)} seed {seed}: "
                            f"{html.escape(result.states.get(seed, 'missing'))}</summary><pre>{html.escape(text)}</pre></details>")
     base = html.escape(configuration(comparison))
+    found = notes(comparison)
+    notes_html = ('<h2>Notes</h2>\n<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in found) + "</ul>\n"
+                  if found else "")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <title>lrlab report: {html.escape(comparison.out.name)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1260px; margin: 2em auto; padding: 0 1em; color: #222; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1260px; margin: 2em auto; padding: 0 1em; color: #222; overflow-wrap: anywhere; }}
+.scroll {{ overflow-x: auto; max-width: 100%; }} .scroll table {{ overflow-wrap: normal; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }} th, td {{ border: 1px solid #ccc; padding: 0.3em 0.4em; text-align: right; }}
 th {{ font-weight: 600; vertical-align: bottom; }} td code {{ font-size: 0.9em; color: #555; }}
 th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 600px; }} pre {{ background: #f7f7f7; padding: 0.5em; }}
+figure {{ display: inline-block; margin: 0.5em 0; width: 100%; max-width: 620px; vertical-align: top; }}
+img {{ width: 100%; height: auto; }} pre {{ background: #f7f7f7; padding: 0.5em; overflow-x: auto; white-space: pre-wrap; }}
+.notes li {{ margin: 0.3em 0; }}
 .verdict {{ background: #eef5ff; padding: 0.8em 1em; border-left: 4px solid #36c; }}
 </style></head><body>
 <h1>Which learning-rate schedule? {html.escape(comparison.out.name)}</h1>
 <p class="verdict">{html.escape(verdict(comparison))}</p>
-<h2>Summary</h2>
+{notes_html}<h2>Summary</h2>
 {''.join(table)}
 <p>Accuracies in %. Differences are final test accuracy minus the baseline's ({html.escape(comparison.baseline)}),
 paired by seed. Target for "epochs to target": {_pct(comparison.target_acc)}%.</p>
