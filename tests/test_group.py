@@ -221,6 +221,50 @@ def test_auto_trains_each_run_alone_on_the_cpu_and_says_why(small):
                      "--workers N spreads runs over the cores)"]
 
 
+@pytest.mark.parametrize("alone_seconds, group_seconds, expected_runs, ratio", [(1.0, 2.0, 3, "1.50x"), (1.0, 6.0, 1, "0.50x")])
+def test_auto_keeps_what_it_measured_faster_per_run_and_says_the_ratio(small, monkeypatch, alone_seconds, group_seconds,
+                                                                        expected_runs, ratio):
+    from lrlab import group
+    from lrlab.data import load_dataset
+
+    timings = iter([alone_seconds, group_seconds])
+    monkeypatch.setattr(group, "_seconds_per_step", lambda step, device: (step(), next(timings))[1])
+    choice = group.measure_grouping(small("measured"), load_dataset("digits"), torch.device("cpu"), 3)
+    assert choice.runs == expected_runs and f"3 runs grouped measured {ratio} as fast per run as one alone" in choice.why
+    assert ("one at a time" in choice.why) == (expected_runs == 1)
+
+
+def test_auto_trains_alone_when_the_grouped_step_fails_on_the_device(small, monkeypatch):
+    # As a vmapped bf16 BatchNorm's backward once did on CUDA.
+    from lrlab import group
+    from lrlab.data import load_dataset
+
+    def failing(models, loss_fn):
+        raise RuntimeError("Expected running_mean to have type BFloat16 but got Float")
+
+    monkeypatch.setattr(group, "StackedModel", failing)
+    choice = group.measure_grouping(small("failing"), load_dataset("digits"), torch.device("cpu"), 4)
+    assert choice.runs == 1 and "a grouped step failed on cpu (RuntimeError: Expected running_mean" in choice.why
+
+
+def test_auto_on_the_cpu_trains_one_run_at_a_time_without_measuring(small, monkeypatch):
+    from lrlab import group
+
+    monkeypatch.setattr(group, "measure_grouping", lambda *arguments: pytest.fail("measured on the CPU"))
+    assert group.choose_runs_per_pass(small("cpu", device="cpu"), data=None).runs == 1
+
+
+def test_measuring_leaves_the_global_rng_as_it_was(small):
+    from lrlab import group
+    from lrlab.data import load_dataset
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    choice = group.measure_grouping(small("rng"), load_dataset("digits"), torch.device("cpu"), 2)
+    assert choice.runs in (1, 2) and torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
 def test_runs_per_pass_must_be_auto_or_a_positive_whole_number(text):
     from lrlab.grid import parse_runs_per_pass

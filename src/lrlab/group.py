@@ -79,15 +79,106 @@ CPU_RUNS_PER_PASS = 1
 # large enough that adding arms buys little.
 MAX_CUDA_RUNS_PER_PASS = 32
 CUDA_MEMORY_SHARE = 0.7  # of the free memory, the rest left for the allocator's fragmentation
+# How `auto` decides on a GPU: this many untimed steps (cuDNN autotuning, vmap's first trace), then
+# this many timed, of one run alone and of a full group.
+AUTO_WARMUP_STEPS = 2
+AUTO_TIMED_STEPS = 5
+
+
+@dataclass(frozen=True)
+class PassSize:
+    """How many runs one pass trains, and why (for the line that tells the user how runs were grouped)."""
+
+    runs: int
+    why: str
 
 
 def auto_runs_per_pass(config: RunConfig, data, builder: Callable | None = None) -> int:
-    """How many runs one pass should train: one on the CPU, what fits the free memory on a GPU
-    (`builder`: the model, when it was given as a Python object)."""
+    """How many runs one pass should train (`choose_runs_per_pass`); `builder`: the model, when it was
+    given as a Python object."""
+    return choose_runs_per_pass(config, data, builder).runs
+
+
+def choose_runs_per_pass(config: RunConfig, data, builder: Callable | None = None) -> PassSize:
+    """One run at a time on the CPU (measured there, benchmarks/README.md); on a GPU, as many as fit
+    its free memory if a few steps measured now show them faster per run grouped than alone, else one."""
     device = resolve_device(config.device)
     if device.type != "cuda":
-        return CPU_RUNS_PER_PASS
-    return max(1, min(MAX_CUDA_RUNS_PER_PASS, int(CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0] // _cuda_bytes_per_run(config, data, device, builder))))
+        return PassSize(CPU_RUNS_PER_PASS, "auto on the CPU, where a group measured slower than its runs alone")
+    why_alone = alone_reason(config)
+    if why_alone is not None:
+        return PassSize(1, f"auto: {why_alone}")
+    fits = max(1, min(MAX_CUDA_RUNS_PER_PASS,
+                      int(CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0] // _cuda_bytes_per_run(config, data, device, builder))))
+    if fits == 1:
+        return PassSize(1, "auto: one run fills the GPU's free memory")
+    return measure_grouping(config, data, device, fits, builder)
+
+
+def measure_grouping(config: RunConfig, data, device: torch.device, arms: int, builder: Callable | None = None) -> PassSize:
+    """Time a few training steps of one run alone and of `arms` runs grouped, on `device`, and keep
+    the faster per run; a grouped step that fails (it has never been run on every device) means one at a time.
+
+    The steps train fresh models on random images, with the global RNG put back afterwards.
+    """
+    from torch import nn
+
+    from lrlab.optimizers import build_optimizer
+    from lrlab.steps import eager_step
+
+    spec = parse_optimizer(config.optimizer)
+    channels_last = config.channels_last if config.channels_last is not None else device.type in ("cuda", "cpu")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type in ("cuda", "cpu"))
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        build = run_model_factory(config, data, builder, check=False)
+        images = torch.rand(config.batch_size, data.channels, *data.image_size, device=device).to(memory_format=memory_format)
+        labels = torch.randint(0, data.num_classes, (config.batch_size,), device=device)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        model = build().to(device, memory_format=memory_format)
+        optimizer = build_optimizer(spec, model.parameters())
+        alone = _seconds_per_step(lambda: eager_step(model, loss_fn, optimizer, images, labels, autocast), device)
+        try:
+            models = [build().to(device, memory_format=memory_format) for _ in range(arms)]
+            stacked = StackedModel(models, loss_fn)
+            vector = VectorOptimizer(stacked.parameter_list(), [ArmOptimizer(spec, m.parameters()) for m in models])
+
+            def grouped_step() -> None:
+                with autocast():
+                    losses, _ = stacked.losses_and_logits(images, labels)
+                vector.zero_grad()
+                losses.sum().backward()
+                vector.step()
+
+            grouped = _seconds_per_step(grouped_step, device) / arms
+        except Exception as error:  # noqa: BLE001 - any failure of the grouped path means: train alone
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            return PassSize(1, f"auto: a grouped step failed on {device.type} ({type(error).__name__}: {first_line[:80]}), "
+                               f"so one at a time")
+    ratio = alone / grouped
+    if ratio > 1:
+        return PassSize(arms, f"auto: {arms} runs grouped measured {ratio:.2f}x as fast per run as one alone "
+                              f"({AUTO_TIMED_STEPS} steps each way)")
+    return PassSize(1, f"auto: {arms} runs grouped measured {ratio:.2f}x as fast per run as one alone "
+                       f"({AUTO_TIMED_STEPS} steps each way), so one at a time")
+
+
+def _seconds_per_step(step: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds per call of `step`, after AUTO_WARMUP_STEPS untimed calls, waiting for `device` at both ends."""
+    for _ in range(AUTO_WARMUP_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(AUTO_TIMED_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / AUTO_TIMED_STEPS
 
 
 def _cuda_bytes_per_run(config: RunConfig, data, device: torch.device, builder: Callable | None) -> int:
