@@ -17,6 +17,7 @@ from lrlab.config import config_from_dict
 from lrlab.runs import RunDirectory
 from lrlab.stats import (
     PairedDifference,
+    SeedPlan,
     Summary,
     area_under_curve,
     epochs_to_target,
@@ -66,7 +67,8 @@ class ScheduleResult:
     retries: dict[int, int]  # seed -> times its worker died and the run was restarted
     paths: dict[int, Path] = field(default_factory=dict)  # seed -> run directory
     picked_lr: float | None = None  # in an LR sweep: the LR with the best mean validation accuracy
-    seeds_needed: int | None = None  # to resolve the comparison's min_effect at this difference's seed spread
+    seeds_needed: int | None = None  # to resolve the comparison's min_effect: seed_plan.seeds
+    seed_plan: SeedPlan | None = None  # the seeds that would resolve min_effect, or why no number of seeds would
     sweep: list[LRPoint] = field(default_factory=list)  # in an LR sweep: every LR tried, in increasing order
 
     @property
@@ -207,7 +209,8 @@ def aggregate(out: str | Path) -> Comparison:
     for result in results:
         if result.difference:
             result.difference = next(adjusted)
-            result.seeds_needed = seeds_to_resolve(min_effect, result.difference.std, comparisons=len(differences))
+            result.seed_plan = seeds_to_resolve(result.difference, min_effect, comparisons=len(differences))
+            result.seeds_needed = result.seed_plan.seeds
     test_images = next((len(c["final_test"]) for arm_runs in arms.values() for r in arm_runs
                         for c in r.correct.values() if "final_test" in c), 0)
     return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results,
