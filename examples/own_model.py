@@ -67,9 +67,12 @@ def main() -> None:
         optimizer="sgd:lr=0.05,momentum=0.9",
         out=arguments.out,
     )
-    for row in result.summary:
-        print(f"{row['schedule']:>28}: final test accuracy {row['final_acc_mean']}% {row['final_acc_ci95']}, "
-              f"vs baseline {row['diff_vs_baseline']} (p {row['p_value'] or '-'})")
+    for row in result.summary:  # numbers: accuracies in percent, None where a figure does not exist
+        mean, low, high = row["final_acc_mean"], row["final_acc_ci95_low"], row["final_acc_ci95_high"]
+        accuracy = "n/a" if mean is None else f"{mean:.2f}%" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+        versus = "baseline" if row["diff_vs_baseline"] is None else f"{row['diff_vs_baseline']:+.2f} points"
+        p = "-" if row["p_value"] is None else f"{row['p_value']:.3g}"
+        print(f"{row['schedule']:>28}: final test accuracy {accuracy}, vs baseline {versus} (p {p})")
     print(result.verdict)
     print(f"report: {result.report_path}")
 

@@ -252,7 +252,7 @@ def test_compare_quiet_shows_no_progress_bar(tmp_path, capfd):
     (["--schedules", "constant", "--seeds", "0", "0"], "seed is listed twice"),
     (["--schedules", "constant", "--baseline", "nope"], "is not one of the schedules"),
     (["--schedules", "stpe:step_size=2"], "did you mean 'step'"),
-    (["--schedules", "constant", "--target-acc", "93"], "should be a fraction"),
+    (["--schedules", "constant", "--target-acc", "0.93"], "looks like a fraction: give 93"),
 ])
 def test_compare_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments, says):
     assert main(["compare", *arguments, "--dataset", "digits", "--out", str(tmp_path / "c")]) == 2

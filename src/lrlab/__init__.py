@@ -10,10 +10,11 @@ from lrlab.errors import UsageError
 # These need torch, a second or more to import: loaded on first use, so `lrlab --help` answers at once.
 _NEEDS_TORCH = {"RunResult": ("lrlab.engine", "RunResult"), "Trainer": ("lrlab.engine", "Trainer"),
                 "train": ("lrlab.api", "train"), "compare": ("lrlab.api", "compare"),
+                "find_lr": ("lrlab.api", "find_lr"), "FoundLR": ("lrlab.api", "FoundLR"),
                 "ComparisonResult": ("lrlab.api", "ComparisonResult"), "Schedule": ("lrlab.schedules", "ScheduleDriver"),
                 "parse_schedule": ("lrlab.schedules", "parse_schedule")}
 
-__all__ = ["ComparisonResult", "RunConfig", "RunResult", "Schedule", "Trainer", "UsageError", "compare", "load_config",
+__all__ = ["ComparisonResult", "FoundLR", "RunConfig", "RunResult", "Schedule", "Trainer", "UsageError", "compare", "find_lr", "load_config",
            "parse_schedule", "train"]
 
 

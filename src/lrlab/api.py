@@ -8,6 +8,7 @@ line checks it; bad input raises `lrlab.UsageError` with the same one-line messa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,17 +28,53 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 @dataclass
 class ComparisonResult:
-    """A finished comparison: `summary` has one row per schedule, the rows of its summary.csv."""
+    """A finished comparison: `summary` has one row per schedule, as numbers (accuracies and differences
+    in percent, None where a figure does not exist); `to_pandas()` and `to_csv(path)` give it as a table."""
 
     out: Path
-    summary: list[dict[str, str]]
+    summary: list[dict[str, Any]]
     verdict: str
     report_path: Path
-    comparison: Any  # the figures behind the summary, as numbers (lrlab.aggregate.Comparison)
+    comparison: Any  # the figures behind the summary (lrlab.aggregate.Comparison)
     outcomes: list[Any]  # how each run ended (lrlab.executors.GridOutcome)
 
     def __str__(self) -> str:
         return f"{self.verdict}\nreport: {self.report_path}"
+
+    def to_pandas(self):
+        """The summary as a pandas DataFrame, one row per schedule (pandas is not a dependency of lrlab)."""
+        try:
+            import pandas
+        except ImportError:
+            raise UsageError("to_pandas() needs pandas (pip install pandas); to_csv(path) needs nothing") from None
+        return pandas.DataFrame(self.summary)
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write the summary to `path` as CSV (an empty cell where a figure is None); returns the path."""
+        import csv
+
+        path = Path(path)
+        with path.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(self.summary[0]))
+            writer.writeheader()
+            writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in self.summary)
+        return path
+
+
+@dataclass
+class FoundLR:
+    """What `lrlab.find_lr` found: `lr` is the LR to use (picked by `rule`, for the reason in `why`),
+    `suggestions` each rule's LR; the plot of the range test is at `plot_path`."""
+
+    lr: float
+    rule: str
+    why: str
+    suggestions: dict[str, float]
+    notes: list[str]
+    plot_path: Path
+
+    def __float__(self) -> float:
+        return self.lr
 
 
 def run_config(config: RunConfig | None, model: Any, data: Any, options: dict[str, Any], where: str,
@@ -81,6 +118,23 @@ def train(config: RunConfig | None = None, *, model: Any = None, data: Any = Non
     return train_run(checked, resume=resume, overwrite=overwrite, data=loaded, builder=builder)
 
 
+def find_lr(config: RunConfig | None = None, *, model: Any = None, data: Any = None, start: float = 1e-7, end: float = 10.0,
+            steps: int = 100, mode: str = "exp", diverge: float = 4.0, repeats: int = 1, **options: Any) -> FoundLR:
+    """The LR range test: train `steps` batches at an LR growing from `start` to `end` and read a starting
+    LR off the loss curve, as `lrlab find-lr` does; writes lr_find.csv, .png and .json into `out`
+    (default runs/lr_find). `repeats` runs it with that many seeds and takes the median.
+    `lrlab.find_lr(model=Net, data=(train_set, test_set), optimizer="sgd:momentum=0.9").lr`
+    """
+    from lrlab.engine import find_lr as range_test
+
+    checked, builder, loaded = run_config(config, model, data, options, "lrlab.find_lr",
+                                          {"quiet": True, "epochs": 1, "out": "runs/lr_find"})
+    record = range_test(checked, start, end, steps, mode, diverge, repeats, data=loaded, builder=builder)
+    return FoundLR(float(record["pick"]), record["rule"], record["why"],
+                   {rule: float(s["lr"]) for rule, s in record["suggestions"].items()}, list(record["notes"]),
+                   Path(checked.out) / "lr_find.png")
+
+
 def compare(
     model: Any = None,
     data: Any = None,
@@ -89,7 +143,7 @@ def compare(
     preset: str | None = None,
     seeds: Iterable[int] | None = None,
     baseline: str | None = None,
-    target_acc: float | None = None,
+    target_acc: float | None = None,  # percent
     lr: float | str | None = None,
     lrs: Sequence[float] | None = None,
     min_effect: float | None = None,
@@ -121,15 +175,17 @@ def compare(
     from lrlab.comparison import DEFAULT_MIN_EFFECT, PRESETS
     from lrlab.grid import comparison_lr, run_comparison
     from lrlab.executors import InProcess, build_executor
-    from lrlab.report import build_report, summary_rows, verdict
+    from lrlab.report import build_report, summary_records, verdict
     from lrlab.runs import RunDirectory
 
     variants, defaults = _variants(schedules, preset, PRESETS)
     seeds = list(DEFAULT_SEEDS if seeds is None else seeds)
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UsageError(f"seeds should be whole numbers, got {seeds!r}")
-    if target_acc is not None and not 0 < target_acc <= 1:
-        raise UsageError(f"--target-acc {target_acc} should be a fraction in (0, 1], e.g. 0.9")
+    if target_acc is not None and not 1 < target_acc <= 100:
+        hint = f"; {target_acc:g} looks like a fraction: give {100 * target_acc:g}" if 0 < target_acc <= 1 else ""
+        raise UsageError(f"--target-acc {target_acc:g} should be an accuracy in percent, e.g. 90{hint}")
+    target_acc = None if target_acc is None else target_acc / 100  # a fraction from here on, as comparison.json holds it
     min_effect = DEFAULT_MIN_EFFECT * 100 if min_effect is None else min_effect
     if not 0 < min_effect < 100:
         raise UsageError(f"--min-effect {min_effect} should be in points of accuracy, between 0 and 100 (e.g. 0.5)")
@@ -163,7 +219,7 @@ def compare(
                                   min_effect=min_effect / 100, data=loaded)
         comparison = build_report(base.out)
     out = Path(base.out)
-    return ComparisonResult(out, summary_rows(comparison), verdict(comparison), out / "report.html", comparison, outcomes)
+    return ComparisonResult(out, summary_records(comparison), verdict(comparison), out / "report.html", comparison, outcomes)
 
 
 def _variants(schedules: Sequence[Any] | None, preset: str | None, presets: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -136,7 +136,7 @@ def build_parser() -> Parser:
     compare.add_argument("--schedules", nargs="+", metavar="SPEC", help="schedule specs to compare (instead of --preset)")
     compare.add_argument("--seeds", nargs="+", type=int, help="seeds; each is one paired run per schedule (default: 0 1 2)")
     compare.add_argument("--baseline", help="label of the schedule the others are compared with (default: the first)")
-    compare.add_argument("--target-acc", type=float, help="accuracy (0-1) for 'epochs to target' (default: the baseline's final mean)")
+    compare.add_argument("--target-acc", type=float, help="accuracy in percent for 'epochs to target', e.g. 90 (default: the baseline's final mean)")
     compare.add_argument("--lr", help="the optimizer's LR for every run, or 'auto' to run the LR range test once first")
     compare.add_argument("--min-effect", type=float, metavar="POINTS",
                          help="the smallest accuracy difference you care about, in points; the report says how many seeds "

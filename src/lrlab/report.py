@@ -10,6 +10,7 @@ import json
 import math
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -81,6 +82,50 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
             "auc_acc_mean": _pct(auc.mean) if auc else "n/a",
         })
     return rows
+
+
+def _number(value: float | None, scale: float = 100.0) -> float | None:
+    """`value` times `scale` as a float; None where there is none (missing, or NaN for one seed)."""
+    return None if value is None or math.isnan(value) else float(scale * value)
+
+
+def summary_records(comparison: Comparison) -> list[dict[str, Any]]:
+    """One row per schedule, as numbers for a script: accuracies and differences in percent (points),
+    None where a figure does not exist (the baseline's difference, an interval from one seed)."""
+    records = []
+    for result in comparison.results:
+        final, best, auc, diff = result.final_acc, result.best_acc, result.auc, result.difference
+        states = list(result.states.values())
+        epochs, seconds = result.epochs_to_target, result.seconds_to_target
+        reached = [e for e in epochs if e is not None]
+        records.append({
+            "schedule": result.label,
+            "spec": result.schedule,
+            "picked_lr": result.picked_lr,
+            "seeds": len(states),
+            "seeds_finished": states.count("finished"),
+            "diverged": states.count("diverged"),
+            "failed": states.count("failed"),
+            "final_acc_mean": _number(final.mean) if final else None,
+            "final_acc_std": _number(final.std) if final else None,
+            "final_acc_ci95_low": _number(final.ci_low) if final else None,
+            "final_acc_ci95_high": _number(final.ci_high) if final else None,
+            "best_epoch_test_acc_mean": _number(best.mean) if best else None,
+            "diff_vs_baseline": _number(diff.mean) if diff and result.label != comparison.baseline else None,
+            "diff_ci95_low": _number(diff.ci_low) if diff and result.label != comparison.baseline else None,
+            "diff_ci95_high": _number(diff.ci_high) if diff and result.label != comparison.baseline else None,
+            "p_value": _number(diff.p_value, 1) if diff and result.label != comparison.baseline else None,
+            "p_holm": _number(diff.p_adjusted, 1) if diff and result.label != comparison.baseline else None,
+            "seeds_for_min_effect": result.seeds_needed,
+            "target_acc": _number(comparison.target_acc),
+            "seeds_reached_target": len(reached),
+            # Means over the seeds only when every seed reached the target: a mean of the lucky ones flatters.
+            "epochs_to_target_mean": sum(reached) / len(reached) if epochs and len(reached) == len(epochs) else None,
+            "seconds_to_target_mean": (sum(seconds) / len(seconds) if seconds and all(s is not None for s in seconds)
+                                       else None),
+            "auc_acc_mean": _number(auc.mean) if auc else None,
+        })
+    return records
 
 
 METHOD = ("Intervals and p-values count both sources of uncertainty, seeds and the draw of the test images, as a "
