@@ -156,6 +156,7 @@ def compare(
     storage: str | None = None,
     runs_per_pass: int | str = "auto",
     config: RunConfig | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> ComparisonResult:
     """Train every schedule with every seed (paired: one seed, the same weights and batches) into `out`,
@@ -170,7 +171,8 @@ def compare(
     in one pass over the data where they can (`auto`, a number, or 1: one at a time). Every RunConfig option is a keyword (`epochs`,
     `optimizer`, `out`, ...); the runs are always quiet, and `quiet=True` also hides the progress bar.
     A model or data set given as a Python object trains in this process; workers and Ray import
-    theirs, so they need import paths ("nets.py:Net").
+    theirs, so they need import paths ("nets.py:Net"). `overwrite=True` replaces a comparison already in
+    `out` (its runs, summary and report) instead of continuing it.
     """
     from lrlab.comparison import DEFAULT_MIN_EFFECT, PRESETS
     from lrlab.grid import comparison_lr, run_comparison
@@ -212,6 +214,10 @@ def compare(
     # Held from before lr="auto" writes its range test until the report is written: a second
     # comparison on the same folder is refused before it touches anything.
     with RunDirectory(base.out).locked():
+        if overwrite:  # `out` is checked and locked: the earlier comparison goes, the user's files stay
+            from lrlab.comparison import remove_comparison
+
+            remove_comparison(Path(base.out))
         if lr is not None:
             base = replace(base, optimizer=comparison_lr(lr, base, loaded, builder))
         outcomes = run_comparison(base, variants, seeds, base.out, baseline, target_acc, show_progress=show_progress,

@@ -144,6 +144,8 @@ def build_parser() -> Parser:
     compare.add_argument("--lrs", nargs="+", type=float, metavar="LR",
                          help="run every schedule at each of these LRs and judge each at the one with the best mean validation "
                               "accuracy; an LR sets the optimizer's lr, and max_lr of OneCycleLR and CyclicLR")
+    compare.add_argument("--overwrite", action="store_true",
+                         help="replace the comparison in --out (its runs, summary and report) instead of continuing it")
     compare.add_argument("--config", help="YAML file with schedules:, seeds:, baseline: and any training option; "
                          "options given here override it")
     where = compare.add_argument_group("where the runs train")
@@ -284,7 +286,7 @@ def _compare(arguments: argparse.Namespace) -> int:
     result = compare(**plan, **given, backend=arguments.backend, workers=arguments.workers,
                      cpus_per_run=arguments.cpus_per_run, gpus_per_run=arguments.gpus_per_run,
                      max_retries=arguments.max_retries, ray_address=arguments.ray_address, storage=arguments.storage,
-                     runs_per_pass=arguments.runs_per_pass)
+                     runs_per_pass=arguments.runs_per_pass, overwrite=arguments.overwrite)
     print(result.verdict)
     for outcome in result.outcomes:
         if outcome.retries:

@@ -112,3 +112,33 @@ PRESETS = {
         ),
     ),
 }
+
+
+# What a comparison writes at the top of its folder, besides its run folders (those holding config.yaml and status.json).
+COMPARISON_FILES = (MANIFEST, "summary.csv", "summary.md", "report.html", "lr_find.json", "lr_find.csv", "lr_find.png",
+                    "lr_find.svg", "study.json", "study.db")
+
+
+def remove_comparison(out: Path) -> None:
+    """Delete what lrlab wrote in the comparison folder `out` (for --overwrite): its runs, manifest,
+    summaries, report and plots. Files lrlab did not make stay, and so do the folders holding them."""
+    from lrlab.runs import LEFT_BY_AN_EARLIER_ATTEMPT, LOCK_NAME, RunDirectory
+
+    out = Path(out)
+    if not (out / MANIFEST).is_file() and not (out / "study.json").is_file():
+        return  # no comparison here: nothing of lrlab's to replace
+    for status in sorted(out.rglob("status.json")):
+        run = RunDirectory(status.parent)
+        if not run.config_path.is_file():
+            continue  # a run folder holds both; this is someone else's status.json
+        run.clear()
+        for name in LEFT_BY_AN_EARLIER_ATTEMPT:
+            if name != LOCK_NAME:  # a lock belongs to whoever holds it
+                (run.path / name).unlink(missing_ok=True)
+    for name in COMPARISON_FILES:
+        (out / name).unlink(missing_ok=True)
+    for plot in [*(out / "plots").glob("*.png"), *(out / "plots").glob("*.svg")]:
+        plot.unlink()
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()

@@ -586,6 +586,8 @@ class Trainer:
         saved = checkpoint["config"]
         current = self.config.to_dict()
         changed = [k for k in current if k not in RUNTIME_ONLY and k in saved and saved[k] != current[k]]
+        if changed == ["epochs"] and getattr(self, "extended_from", None) == saved["epochs"]:
+            changed = []  # a run trained longer (`_check_extension` allowed it)
         if changed:
             raise UsageError(f"{path} was saved by a run with a different {', '.join(changed)} than this one "
                              f"({self.run.config_path} or the command changed since); put the settings back, "
@@ -623,10 +625,27 @@ class Trainer:
                 raise UsageError(f"{self.run.path} was made by an lrlab without a validation split (its metrics.csv has no "
                                  f"val_acc column), and resuming it would change its training images; start it afresh "
                                  f"with --overwrite")
-            changed = load_config(self.run.config_path).differences(self.config)
+            started_for = load_config(self.run.config_path)
+            changed = started_for.differences(self.config)
+            if changed == ["epochs"]:
+                self._check_extension(started_for.epochs)
+                changed = []
             if changed:
                 raise UsageError(f"{self.run.path} was started with different {', '.join(changed)}; "
                                  f"resume with the same settings or use another --out")
+
+    def _check_extension(self, started_for: int) -> None:
+        """`--resume --epochs N` on a run started for fewer epochs trains it longer, where its schedule
+        gives the same LR at every step whatever the run's length; otherwise the run would not be the one it began."""
+        if self.config.epochs < started_for:
+            raise UsageError(f"{self.run.path} was started for {started_for} epochs; a run cannot be shortened to "
+                             f"{self.config.epochs} (its schedule planned for {started_for}): resume without --epochs")
+        why = parse_schedule(self.config.schedule).depends_on_run_length
+        if why:
+            raise UsageError(f"{self.run.path} cannot be trained longer: its schedule {self.config.schedule!r} depends on "
+                             f"the run's length ({why}), so its first {started_for} epochs would not be those of a "
+                             f"{self.config.epochs}-epoch run; train a new run with --epochs {self.config.epochs}")
+        self.extended_from = started_for
 
     def prepare(self) -> None:
         """Make the run directory ready: pick up the run to resume, or start a fresh one."""
@@ -640,6 +659,9 @@ class Trainer:
             if self.run.last_path.exists():
                 self.restore(self.run.load_checkpoint(self.run.last_path))
             self.run.truncate_to_epoch(self.epoch)
+            if getattr(self, "extended_from", None):  # config.yaml records the run's new length
+                self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
+                self.run.append_log(f"extended from {self.extended_from} to {self.config.epochs} epochs")
             recorded = len(self.run.read_metrics())
             if recorded != self.epoch:
                 raise UsageError(f"{self.run.metrics_path} holds {recorded} epoch(s) but {self.run.last_path} is at epoch "
@@ -677,6 +699,8 @@ class Trainer:
         if self.is_finished():
             return self._result("finished")
         self.run.write_status("running", epoch=self.epoch, pid=os.getpid())
+        self.run.append_log(f"{'resumed after' if self.epoch else 'started'} epoch {self.epoch} of {self.config.epochs}: "
+                            f"schedule {self.config.schedule}, optimizer {self.config.optimizer}, seed {self.config.seed}")
         # On an accelerator, reading the loss forces a wait; check for NaN less often there.
         check_every = 1 if self.device.type == "cpu" else 50
         try:
@@ -739,7 +763,7 @@ class Trainer:
         first_step = self.schedule.step_count
         self.train_loader.set_epoch(epoch)
         progress = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.epochs}", unit="step",
-                        disable=quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
+                        disable=quiet or not sys.stderr.isatty(), leave=False, file=sys.stderr, dynamic_ncols=True)
         with progress:
             train_loss, train_acc, step_lrs, step_losses = train_one_epoch(
                 self.train_loader, self.forward_model, self.loss_fn, self.optimizer, self.schedule,
@@ -788,12 +812,12 @@ class Trainer:
             writer.add_scalar("lr", lr_at_start, epoch)
         if self.on_epoch is not None:
             self.on_epoch(epoch, metrics)
+        validation = f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:6.2%}  " if "val_acc" in metrics else ""
+        line = (f"epoch {epoch:>3}/{self.config.epochs}  lr {lr_at_start:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
+                f"{validation}test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:6.2%}  {seconds:.1f} s")
+        self.run.append_log(line)
         if not quiet:
-            validation = f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:6.2%}  " if "val_acc" in metrics else ""
-            tqdm.write(
-                f"epoch {epoch:>3}/{self.config.epochs}  lr {lr_at_start:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
-                f"{validation}test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:6.2%}  {seconds:.1f} s", file=sys.stderr,
-            )
+            tqdm.write(line, file=sys.stderr)
 
     def _tensorboard(self):
         try:

@@ -112,7 +112,7 @@ class GridProgress:
         self.runs = [RunDirectory(task.config.out) for task in tasks]
         self.epochs = epochs
         self.bar = tqdm(total=len(tasks) * epochs, initial=self.epochs_done(), desc="comparison", unit="epoch",
-                        disable=not show, file=sys.stderr, dynamic_ncols=True)
+                        disable=not show or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
 
     def epochs_done(self) -> int:
         done = 0

@@ -88,6 +88,7 @@ class RunDirectory:
         self.best_path = self.path / "best.pt"
         self.last_path = self.path / "last.pt"
         self.correctness_path = self.path / "correct.npz"
+        self.log_path = self.path / "log.txt"  # plain text, one line per epoch and per change of state
 
     @contextlib.contextmanager
     def locked(self, take_over: bool = False) -> Iterator[None]:
@@ -185,7 +186,7 @@ class RunDirectory:
     def clear(self) -> None:
         """Remove the files a run writes (for --overwrite); anything else in the folder stays."""
         for path in (self.config_path, self.metrics_path, self.steps_path, self.status_path, self.best_path, self.last_path,
-                     self.correctness_path):
+                     self.correctness_path, self.log_path):
             path.unlink(missing_ok=True)
         for events in self.path.glob("events.out.tfevents.*"):
             events.unlink()
@@ -202,6 +203,14 @@ class RunDirectory:
         assert state in WRITTEN_STATES
         record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
         self.write_text(self.status_path, json.dumps(record, indent=2) + "\n")
+        if state != "running":  # a running run's epochs have lines of their own
+            reason = f": {details['reason']}" if details.get("reason") else ""
+            self.append_log(f"{state} at epoch {details.get('epoch', '?')}{reason}")
+
+    def append_log(self, line: str) -> None:
+        """Add a time-stamped line to log.txt, the run's plain-text record (what a terminal would have shown)."""
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
 
     def add_to_status(self, **details: Any) -> None:
         """Record more about how the run went without changing its state."""
@@ -427,6 +436,9 @@ class FollowerRun(RunDirectory):
         pass
 
     def _append(self, path: Path, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> None:
+        pass
+
+    def append_log(self, line: str) -> None:
         pass
 
     def truncate_to_epoch(self, epoch: int) -> None:
