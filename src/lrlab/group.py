@@ -104,7 +104,8 @@ def choose_runs_per_pass(config: RunConfig, data, builder: Callable | None = Non
     its free memory if a few steps measured now show them faster per run grouped than alone, else one."""
     device = resolve_device(config.device)
     if device.type != "cuda":
-        return PassSize(CPU_RUNS_PER_PASS, "auto on the CPU, where a group measured slower than its runs alone")
+        return PassSize(CPU_RUNS_PER_PASS, "auto on the CPU, where a group measured slower than its runs alone; "
+                                           "--workers N spreads runs over the cores")
     why_alone = alone_reason(config)
     if why_alone is not None:
         return PassSize(1, f"auto: {why_alone}")
