@@ -238,8 +238,8 @@ def notes(comparison: Comparison) -> list[str]:
     for result in comparison.results:
         try:
             lines = doctor(result.schedule, comparison.epochs, _steps_per_epoch(result))
-        except UsageError as error:
-            lines = [str(error)]
+        except UsageError:  # a spec this lrlab cannot read (a study's search ranges): nothing to say of it
+            lines = []
         found += [f"lrlab doctor on {result.label}: {line.removeprefix(result.schedule + ': ')}" for line in lines]
     lrs = comparison.lrs
     if len(lrs) > 1:
@@ -279,8 +279,9 @@ def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
     RunDirectory(comparison.out).write_text(csv_path, text.getvalue())
     headers, table = readable_table(comparison, rows)
     lines = [f"# Schedule comparison: {comparison.out.name}", "", verdict(comparison), ""]
-    if notes(comparison):
-        lines += ["## Notes", "", *(f"- {note}" for note in notes(comparison)), ""]
+    found = notes(comparison)
+    if found:
+        lines += ["## Notes", "", *(f"- {note}" for note in found), ""]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for cells in table:
         cells = [f"`{cells[0][1]}`" if cells[0][0] == cells[0][1] else f"{cells[0][0]} (`{cells[0][1]}`)", *cells[1:]]
