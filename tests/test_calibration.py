@@ -248,3 +248,102 @@ def test_every_setting_is_calibrated_over_many_comparisons():
 def test_the_seeds_recommended_deliver_their_power_from_small_and_large_pilots(pilot_seeds, spread):
     promised, delivered, count, _ = delivered_power(numpy.random.default_rng(17), pilot_seeds, 10_000, spread, 400)
     assert abs(delivered - promised) <= 0.1, f"promised {promised:.2f}, delivered {delivered:.2f} over {count}"
+
+
+def _set_final_test_accuracy(run: Path, accuracy: float) -> None:
+    """Rewrite a finished run's last test accuracy, and drop its per-image record (as a torchrun run has none)."""
+    path = run / "metrics.csv"
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[-1]["test_acc"] = repr(accuracy)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "correct.npz").unlink(missing_ok=True)
+
+
+def test_a_report_of_runs_a_hundredth_of_a_point_apart_completes_and_says_what_it_can(tmp_path):
+    from lrlab import RunConfig
+    from lrlab.aggregate import aggregate
+    from lrlab.comparison import Variant
+    from lrlab.grid import run_comparison
+    from lrlab.report import build_report, verdict
+
+    base = RunConfig(dataset="digits", model="cnn", width=4, epochs=1, batch_size=64, limit_train=128, quiet=True,
+                     optimizer="sgd:lr=0.05,momentum=0.9", out=str(tmp_path / "cmp"), device="cpu")
+    variants = [Variant("fixed", "constant"), Variant("steady", "constant"), Variant("twin", "constant")]
+    run_comparison(base, variants, [0, 1, 2], base.out, show_progress=False)
+    # Per-seed differences with an sd of 0.01 points (+1 point), and of none (exactly +0.01 point each seed).
+    gains = {"fixed": (0, 0, 0), "steady": (0.0100, 0.0101, 0.0099), "twin": (1e-4,) * 3}
+    for result in aggregate(base.out).results:
+        for seed, gain in zip((0, 1, 2), gains[result.label]):
+            _set_final_test_accuracy(result.paths[seed], 0.9 + 0.01 * seed + gain)
+    comparison = build_report(base.out)
+    lines = verdict(comparison).splitlines()
+    assert lines[0] == "Against fixed, minimum effect 0.5 points:"
+    # One comparison is judged (twin has no spread), so its interval is the plain 95% one: t(2) * 0.01 / sqrt(3).
+    assert lines[1] == "- steady: better, +1.00 points (95% interval +0.98 to +1.02, 3 seeds)."
+    assert lines[2].startswith("- twin: not enough spread to judge: every one of 3 seeds differs by the same +0.01 points")
+    assert "nan" not in "".join(lines) and "100" not in "".join(lines)
+    assert "test images only where the runs recorded per-image correctness" in lines[-1]
+    steady = next(r for r in comparison.results if r.label == "steady")
+    assert steady.seed_plan.limited_by == "" and steady.seed_plan.seeds == 3  # the fewest the verdict judges on
+    assert (tmp_path / "cmp" / "plots" / "paired_difference.png").exists()
+    summary = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "| better | [0.98, 1.02] (95%) |" in summary and "| no spread | n/a (no spread) |" in summary
+
+
+def _verdict_of(arms: dict[str, tuple[list, list]], correct: dict[str, tuple] | None = None, test_images: int = 10_000) -> str:
+    """The verdict on arms given as (candidate, baseline) final accuracies per seed, judged as `aggregate` judges."""
+    from lrlab.aggregate import Comparison, ScheduleResult
+    from lrlab.report import verdict
+    from lrlab.stats import Summary
+
+    correct = correct or {}
+    raw = {label: paired_difference(c, b, *correct.get(label, (None, None))) for label, (c, b) in arms.items()}
+    judged = dict(zip(raw, holm_adjusted(list(raw.values()))))
+
+    def result(label, difference=None, seeds=3):
+        summary = Summary(seeds, 0.9, 0.01, 0.88, 0.92)
+        plan = seeds_to_resolve(difference, MIN_EFFECT, comparisons=len(judged)) if difference else None
+        return ScheduleResult(label, label, "sgd", list(range(seeds)), dict.fromkeys(range(seeds), "finished"), summary,
+                              summary, summary, difference, [], [], {}, {}, {}, seeds_needed=plan and plan.seeds,
+                              seed_plan=plan)
+    results = [result("base")] + [result(label, d, d.n) for label, d in judged.items()]
+    return verdict(Comparison(Path("x"), "base", 0.9, 3, {}, results, test_images=test_images))
+
+
+def test_one_and_two_seeds_give_no_nan_and_no_hundred_point_interval():
+    text = _verdict_of({"one": ([0.92], [0.90]), "two": ([0.99, 0.5], [0.5, 0.99])})
+    assert "- one: too few seeds to judge, +2.00 points from 1 seed; no interval from one seed; run at least 3 seeds" in text
+    assert "- two: too few seeds to judge, +0.00 points from 2 seeds; run at least 3 seeds" in text
+    assert "nan" not in text and "100" not in text
+
+
+def test_each_schedule_gets_one_line_better_worse_equivalent_or_undecided_with_what_would_decide_it():
+    base = [0.90, 0.91, 0.92, 0.90, 0.91]
+    text = _verdict_of({
+        "up": ([b + d for b, d in zip(base, (0.020, 0.022, 0.018, 0.021, 0.019))], base),
+        "down": ([b - d for b, d in zip(base, (0.020, 0.022, 0.018, 0.021, 0.019))], base),
+        "same": ([b + d for b, d in zip(base, (0.0002, -0.0001, 0.0001, 0.0, -0.0002))], base),
+        "close": ([b + d for b, d in zip(base, (0.004, -0.002, 0.003, 0.0, 0.001))], base),
+        "wild": ([b + d for b, d in zip(base, (0.06, -0.05, 0.04, -0.02, 0.01))], base),
+    })
+    lines = text.splitlines()
+    assert lines[1].startswith("- up: better, +2.00 points (")
+    assert lines[2].startswith("- down: worse, -2.00 points (")
+    assert lines[3].startswith("- same: equivalent within ±0.5 points, +0.00 points (")
+    assert lines[4].startswith("- close: undecided, +0.12 points (") and "seeds on this test set would tell a 0.5-point difference" in lines[4]
+    assert lines[5].startswith("- wild: undecided") and lines[5].endswith("more than 100 seeds would be needed to tell a 0.5-point difference at this spread.")
+
+
+def test_an_undecided_schedule_on_a_coarse_test_set_is_told_seeds_will_not_help_and_given_no_count():
+    rng = numpy.random.default_rng(8)
+    baseline = rng.random((4, 200)) < 0.5
+    candidate = baseline ^ (rng.random(200) < 0.1)  # a tenth of the images flip either way, in every seed alike
+    text = _verdict_of({"coarse": (list(candidate.mean(axis=1)), list(baseline.mean(axis=1)))},
+                       {"coarse": (candidate, baseline)}, test_images=200)
+    line = text.splitlines()[1]
+    assert line.startswith("- coarse: undecided") and "the test set (200 images) cannot resolve a 0.5-point difference" in line
+    assert "seeds on this test set would" not in text and "The test set (200 images) is too small" in text

@@ -143,7 +143,7 @@ def test_a_schedule_that_is_clearly_better_is_called_better_and_only_then(base):
     run_comparison(base, variants, [0, 1, 2], base.out, show_progress=False)
     comparison = build_report(base.out)
     text = verdict(comparison)
-    assert "Better than tiny-lr (p < 0.05; seeds and test images both counted): sane" in text
+    assert "\n- sane: better, +" in text and "seeds and test images both counted" in text
     sane = next(r for r in comparison.results if r.label == "sane")
     assert sane.difference.ci_low > 0 and sane.difference.p_value < 0.05
 
@@ -395,7 +395,7 @@ def test_two_seeds_never_make_a_difference_real_however_large(base):
     variants = [Variant("tiny-lr", "constant", "sgd:lr=0.00005"), Variant("sane", "constant")]
     run_comparison(base, variants, [0, 1], base.out, show_progress=False)
     text = verdict(build_report(base.out))
-    assert "Fewer than 3 seeds, so no difference is called real: sane" in text and "Better than" not in text
+    assert "\n- sane: too few seeds to judge, " in text and ": better" not in text
 
 
 def test_several_arms_are_judged_on_holm_adjusted_p_values_shown_beside_the_raw_ones(base):
@@ -405,11 +405,14 @@ def test_several_arms_are_judged_on_holm_adjusted_p_values_shown_beside_the_raw_
     comparison = build_report(base.out)
     rows = {row["schedule"]: row for row in csv.DictReader((Path(base.out) / "summary.csv").open())}
     for result in comparison.results[1:]:
+        if result.difference.p_value != result.difference.p_value:  # nan: right and wrong on the same images as tiny-lr
+            assert rows[result.label]["p_holm"] == "" and rows[result.label]["verdict"] == "no spread"
+            continue
         assert result.difference.p_adjusted >= result.difference.p_value
         assert float(rows[result.label]["p_holm"]) == pytest.approx(result.difference.p_adjusted, rel=1e-2)
         # The seeds it would take are counted at Holm's strictest level, 5% over the two comparisons.
-        assert result.seeds_needed == seeds_to_resolve(0.005, result.difference.std, comparisons=2)
-    assert any(result.seeds_needed for result in comparison.results[1:])
+        assert result.seed_plan == seeds_to_resolve(result.difference, 0.005, comparisons=2)
+        assert result.seeds_needed == result.seed_plan.seeds
     assert "p (Holm)" in (Path(base.out) / "summary.md").read_text()
 
 
@@ -428,14 +431,13 @@ def test_the_verdict_calls_a_difference_real_only_on_its_holm_adjusted_p():
     close = PairedDifference(3, 0.02, 0.001, 0.04, 0.03, std=0.005, p_adjusted=0.06)
     far = PairedDifference(3, 0.001, -0.01, 0.012, 0.5, std=0.005, p_adjusted=0.5)
     text = verdict(_comparison_with({"a": close, "b": far}, seeds_needed=7))
-    assert "Better than" not in text
-    assert "Not distinguishable from base with these seeds (adjusted p >= 0.05" in text
-    assert ("a (+2.00 points, 95% CI +0.10 to +4.00; with this spread, about 7 seeds would tell a 0.5-point difference); "
-            "b (+0.10 points") in text
+    assert ": better" not in text
+    assert "\n- a: undecided, +2.00 points (95% interval +0.10 to +4.00, 3 seeds); about 7 seeds would tell a 0.5-point difference." in text
+    assert "\n- b: undecided, +0.10 points" in text
     real = PairedDifference(3, 0.02, 0.01, 0.03, 0.001, std=0.005, p_adjusted=0.002)
     text = verdict(_comparison_with({"a": real, "b": far}))
-    assert "Better than base (Holm-adjusted p < 0.05 over the 2 comparisons with base" in text
-    assert "a (+2.00 points, 95% CI +1.00 to +3.00, adjusted p 0.002)" in text
+    assert "\n- a: better, +2.00 points (95% interval +1.00 to +3.00, 3 seeds)." in text
+    assert "Holm's correction over the 2 comparisons with base" in text
 
 
 def test_a_large_test_set_resolves_half_a_point_and_a_small_one_does_not():

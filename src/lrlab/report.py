@@ -24,20 +24,19 @@ from lrlab.config import RUNTIME_ONLY
 from lrlab.errors import UsageError
 from lrlab.preview import doctor
 from lrlab.runs import RunDirectory
-from lrlab.stats import CONFIDENCE
+from lrlab.stats import ALPHA, MAX_SEEDS, MIN_SEEDS_FOR_VERDICT, PairedDifference, equivalence_p
 
-# A difference over fewer seeds is reported but never called real: two seeds can agree by chance.
-MIN_SEEDS_FOR_VERDICT = 3
-
-PLOTS = ("lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
+PLOTS = ("paired_difference", "lr_by_epoch", "lr_by_step", "test_acc", "test_loss", "train_loss", "final_acc")
 
 
 def _pct(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
 
 
-def _interval(low: float, high: float) -> str:
-    return "n/a (one seed)" if math.isnan(low) else f"[{_pct(low)}, {_pct(high)}]"
+def _interval(low: float, high: float, seeds: int = 1) -> str:
+    if math.isnan(low):
+        return "n/a (one seed)" if seeds < 2 else "n/a (no spread)"
+    return f"[{_pct(low)}, {_pct(high)}]"
 
 
 def _signed(fraction: float) -> str:
@@ -68,15 +67,21 @@ def summary_rows(comparison: Comparison) -> list[dict[str, str]]:
             "failed": str(states.count("failed")),
             "final_acc_mean": _pct(final.mean) if final else "n/a",
             "final_acc_std": _pct(final.std) if final else "n/a",
-            "final_acc_ci95": _interval(final.ci_low, final.ci_high) if final else "n/a",
+            "final_acc_ci95": _interval(final.ci_low, final.ci_high, final.n) if final else "n/a",
             "best_epoch_test_acc_mean": _pct(best.mean) if best else "n/a",
-            "best_epoch_test_acc_ci95": _interval(best.ci_low, best.ci_high) if best else "n/a",
+            "best_epoch_test_acc_ci95": _interval(best.ci_low, best.ci_high, best.n) if best else "n/a",
             "diff_vs_baseline": ("baseline" if result.label == comparison.baseline else
                                  f"{100 * diff.mean:+.2f}" if diff else "n/a"),
-            "diff_ci95": _interval(diff.ci_low, diff.ci_high) if diff else "",
+            "verdict": "" if result.label == comparison.baseline else judgement(result, comparison),
+            "diff_ci95": _interval(diff.ci_low, diff.ci_high, diff.n) if diff else "",
+            "diff_ci_judged": _interval(*diff.judged_interval, diff.n) if diff else "",
+            "diff_ci_judged_level": _level(diff) if diff and not math.isnan(diff.judged_interval[0]) else "",
             "p_value": "" if not diff or math.isnan(diff.p_value) else f"{diff.p_value:.3g}",
             "p_holm": "" if not diff or math.isnan(diff.p_adjusted) else f"{diff.p_adjusted:.3g}",
-            "seeds_for_min_effect": "" if not result.seeds_needed else str(result.seeds_needed),
+            "p_equivalence": "" if not diff or math.isnan(equivalence_p(diff, comparison.min_effect))
+                             else f"{equivalence_p(diff, comparison.min_effect):.3g}",
+            "seeds_won": _won(diff) if diff else "",
+            "seeds_for_min_effect": _plan_cell(result),
             "epochs_to_target": _reached(result.epochs_to_target),
             "seconds_to_target": _reached(result.seconds_to_target),
             "auc_acc_mean": _pct(auc.mean) if auc else "n/a",
@@ -128,12 +133,18 @@ def summary_records(comparison: Comparison) -> list[dict[str, Any]]:
     return records
 
 
-METHOD = ("Intervals and p-values count both sources of uncertainty, seeds and the draw of the test images, as a "
-          "two-stage sample (Cochran, Sampling Techniques, 1977, ch. 10) with Student's t over seeds; differences are "
-          "paired by seed and by test image. p (Holm): Holm's step-down correction over the comparisons with the "
-          "baseline (statsmodels multipletests); seeds for the minimum effect: a paired t-test power calculation at "
-          "80% power and the 5% level divided by the number of comparisons, Holm's strictest step (statsmodels "
-          "TTestPower).")
+METHOD = ("Intervals and p-values count both sources of uncertainty, seeds and the draw of the test images, which "
+          "every seed shares: seeds and images are crossed, so the variance of a mean is s_seed^2/n + s_image^2/N + "
+          "s_interaction^2/(nN), estimated from the two-way table of per-image correctness by seed (ANOVA mean "
+          "squares; Searle, Casella & McCulloch, Variance Components, 1992), each part with Student's t on its own "
+          "degrees of freedom (Banerjee 1960); differences are paired by seed and by test image. p (Holm): Holm's "
+          "step-down correction over the comparisons with the baseline; the interval of a difference is shown at the "
+          "level Holm's procedure judged it at (95% with one comparison), so it excludes zero exactly when the "
+          "difference is called real. Equivalent: that interval lies inside +-the minimum effect (two one-sided "
+          "tests). Seeds won: the share of paired seeds in which the schedule beat the baseline (ties count half), "
+          "with Wilson's 95% interval. Seeds for the minimum effect: the fewest seeds with 80% expected power for the "
+          "same test at the 5% level divided by the number of comparisons, from the same variance (simulated "
+          "calibration: tests/test_calibration.py).")
 OPTIMISTIC = ("These runs have no validation split (--val-fraction 0, the article's protocol), so their best epochs and "
               "plateau cuts were chosen on the test data, and the best-epoch accuracies are optimistic.")
 
@@ -143,66 +154,149 @@ def _best_epoch_header(comparison: Comparison) -> str:
             else "best test acc % (chosen on test: optimistic)")
 
 
+def judgement(result: ScheduleResult, comparison: Comparison) -> str:
+    """What the verdict says of one schedule against the baseline: better, worse, equivalent (within the
+    minimum effect), undecided, too few seeds, no spread, or no finished seed; read off the interval the
+    verdict shows (Holm's level), never off anything else."""
+    diff = result.difference
+    if diff is None:
+        return "no finished seed" if not result.final_acc else "no paired seeds"
+    if diff.n < MIN_SEEDS_FOR_VERDICT:
+        return "too few seeds"
+    low, high = diff.judged_interval
+    if math.isnan(low):
+        return "no spread"
+    # Holm's p and its interval agree (holm_adjusted makes them so); a difference built by hand may carry only the p.
+    if (diff.p_adjusted < ALPHA) if not math.isnan(diff.p_adjusted) else (low > 0 or high < 0):
+        return "better" if diff.mean > 0 else "worse"
+    if -comparison.min_effect < low and high < comparison.min_effect:
+        return "equivalent"
+    return "undecided"
+
+
+def _level(diff: PairedDifference) -> str:
+    """The confidence of the interval the verdict reads: 95%, or Holm's level where it is higher."""
+    level = diff.confidence_adjusted if not math.isnan(diff.confidence_adjusted) else 0.95
+    return "95%" if round(level, 4) == 0.95 else f"{100 * level:.3g}% Holm"
+
+
+def _won(diff: PairedDifference) -> str:
+    """Seeds won, as a share with Wilson's interval: the probability of improvement."""
+    return f"{100 * diff.improvement:.0f}% [{100 * diff.improvement_low:.0f}, {100 * diff.improvement_high:.0f}]"
+
+
+def _plan_cell(result: ScheduleResult) -> str:
+    plan = result.seed_plan
+    if plan is None:
+        return "" if not result.seeds_needed else str(result.seeds_needed)
+    return {"": str(plan.seeds), "seeds": f"more than {MAX_SEEDS}", "test set": "none (test set too small)"}.get(plan.limited_by, "")
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def _what_would_decide(result: ScheduleResult, comparison: Comparison) -> str:
+    """Undecided: the seeds that would likely tell a difference of the minimum effect, or why none would."""
+    effect = f"{100 * comparison.min_effect:g}-point"
+    plan = result.seed_plan
+    if plan is None:
+        return f"about {result.seeds_needed} seeds would tell a {effect} difference" if result.seeds_needed else ""
+    if plan.limited_by == "test set":
+        return (f"the test set ({comparison.test_images} images) cannot resolve a {effect} difference however many "
+                f"seeds are run; only a larger test set would")
+    if plan.limited_by == "seeds":
+        return f"more than {MAX_SEEDS} seeds would be needed to tell a {effect} difference at this spread"
+    if plan.seeds:
+        return (f"{plan.seeds} seeds on this test set would tell a {effect} difference with {100 * plan.power:.0f}% "
+                f"expected power")
+    return ""
+
+
+def _verdict_line(result: ScheduleResult, comparison: Comparison) -> str:
+    """One line: the schedule, its judgement, and what stands behind it or would decide it."""
+    kind, diff, label = judgement(result, comparison), result.difference, result.label
+    if kind in ("no finished seed", "no paired seeds"):
+        return f"- {label}: no judgement ({kind} with {comparison.baseline})."
+    seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
+    if kind == "too few seeds":
+        decide = "; ".join(filter(None, ["no interval from one seed" if diff.n < 2 else "",
+                                         f"run at least {MIN_SEEDS_FOR_VERDICT} seeds (--seeds 0 1 2) to judge"]))
+        return f"- {label}: too few seeds to judge, {_points(diff.mean)} points from {seeds}; {decide}."
+    if kind == "no spread" and diff.variance is not None and diff.variance.images:
+        return (f"- {label}: nothing to judge: right and wrong on exactly the same test images as {comparison.baseline} "
+                f"in all {seeds} (the same predictions, or as good as).")
+    if kind == "no spread":
+        return (f"- {label}: not enough spread to judge: every one of {seeds} differs by the same "
+                f"{_points(diff.mean)} points, and no per-image correctness was recorded to say how much the test "
+                f"images alone could move it.")
+    low, high = diff.judged_interval
+    shown = f"{_points(diff.mean)} points ({_level(diff)} interval {_points(low)} to {_points(high)}, {seeds})"
+    effect = f"{100 * comparison.min_effect:g}"
+    if kind in ("better", "worse"):
+        small = (f", by less than the minimum effect (within ±{effect} points)"
+                 if -comparison.min_effect < low and high < comparison.min_effect else "")
+        return f"- {label}: {kind}{small}, {shown}."
+    if kind == "equivalent":
+        return f"- {label}: equivalent within ±{effect} points, {shown}."
+    decide = _what_would_decide(result, comparison)
+    return f"- {label}: undecided, {shown}{'; ' + decide if decide else ''}."
+
+
 def verdict(comparison: Comparison) -> str:
-    """A paragraph that says no more than the intervals support."""
+    """One line per schedule against the baseline (better, worse, equivalent within the minimum effect, or
+    undecided and what would decide it), then the detail: says no more than the intervals support."""
     finished = [r for r in comparison.results if r.final_acc]
     if not finished:
         return "No run has finished yet, so there is nothing to compare."
     seeds = max(r.final_acc.n for r in finished)
     best = max(finished, key=lambda r: r.final_acc.mean)
-    lines = []
+    base = comparison.baseline
+    others = [r for r in comparison.results if r.label != base]
+    images = f", {comparison.test_images:,} test images" if comparison.test_images else ""
+    lines = [f"Against {base}, minimum effect {100 * comparison.min_effect:g} points{images}:",
+             *(_verdict_line(r, comparison) for r in others), ""]
+    detail = []
     if seeds < 2:
-        lines.append("With one seed per schedule no uncertainty can be given: the numbers below are single runs, "
-                     "and a difference between them may be noise. Run at least 3 seeds (--seeds 0 1 2) to tell.")
+        detail.append("With one seed per schedule no uncertainty can be given: the numbers below are single runs, "
+                      "and a difference between them may be noise. Run at least 3 seeds (--seeds 0 1 2) to tell.")
     if comparison.lrs:
         on = "validation" if comparison.selected_on == "validation" else "test (no validation split: optimistic)"
         picks = ", ".join(f"{r.label} {r.picked_lr:g}" for r in comparison.results if r.picked_lr is not None)
-        lines.append(f"Each schedule ran at every LR of {', '.join(f'{lr:g}' for lr in comparison.lrs)}; its LR was picked "
-                     f"by mean final {on} accuracy over seeds ({picks}), and the schedules are compared at their picked "
-                     f"LRs, paired by seed, on test accuracy.")
-    lines.append(f"Highest mean final test accuracy: {best.label} ({_pct(best.final_acc.mean)}%, "
-                 f"{best.final_acc.n} seed{'s' if best.final_acc.n != 1 else ''}).")
-    better, worse, unclear, too_few = [], [], [], []
-    differences = [r for r in finished if r.label != comparison.baseline and r.difference is not None]
-    for result in differences:
-        diff = result.difference
-        shown = f"{result.label} ({100 * diff.mean:+.2f} points, 95% CI {_signed(diff.ci_low)} to {_signed(diff.ci_high)}"
-        if diff.n < MIN_SEEDS_FOR_VERDICT:
-            too_few.append(shown + ")")
-        elif diff.p_adjusted < 1 - CONFIDENCE:
-            (better if diff.mean > 0 else worse).append(f"{shown}, adjusted p {diff.p_adjusted:.2g})")
-        else:
-            needed = f"; with this spread, about {result.seeds_needed} seeds would tell a {100 * comparison.min_effect:g}-point difference" \
-                if result.seeds_needed else ""
-            unclear.append(f"{shown}{needed})")
-    base = comparison.baseline
-    adjusted = (f"Holm-adjusted p < 0.05 over the {len(differences)} comparisons with {base}" if len(differences) > 1
-                else "p < 0.05")
-    if better:
-        lines.append(f"Better than {base} ({adjusted}; seeds and test images both counted): {'; '.join(better)}.")
-    if worse:
-        lines.append(f"Worse than {base} ({adjusted}): {'; '.join(worse)}.")
-    if unclear:
-        lines.append(f"Not distinguishable from {base} with these seeds (adjusted p >= 0.05): "
-                     f"{'; '.join(unclear)}.")
-    if too_few:
-        lines.append(f"Fewer than {MIN_SEEDS_FOR_VERDICT} seeds, so no difference is called real: {'; '.join(too_few)}.")
-    blurred = [r for r in differences if 1.96 * r.difference.image_se > comparison.min_effect]
-    if blurred:
-        widest = max(1.96 * r.difference.image_se for r in blurred)
-        lines.append(f"The test set ({comparison.test_images} images) is too small to resolve "
-                     f"{100 * comparison.min_effect:g}-point differences: its draw alone puts up to ±{100 * widest:.2g} "
-                     f"points on these differences, however many seeds are run.")
+        detail.append(f"Each schedule ran at every LR of {', '.join(f'{lr:g}' for lr in comparison.lrs)}; its LR was "
+                      f"picked by mean final {on} accuracy over seeds ({picks}), and the schedules are compared at their "
+                      f"picked LRs, paired by seed, on test accuracy.")
+    detail.append(f"Highest mean final test accuracy: {best.label} ({_pct(best.final_acc.mean)}%, "
+                  f"{best.final_acc.n} seed{'s' if best.final_acc.n != 1 else ''}).")
+    judged = [r for r in others if r.difference is not None and judgement(r, comparison) not in ("too few seeds", "no spread")]
+    if judged:
+        holm = (f"Holm's correction over the {len(judged)} comparisons with {base}: each interval is at the level its "
+                f"step was judged at, so it excludes zero exactly when the difference is called real"
+                if len(judged) > 1 else "a 95% interval and p < 0.05")
+        counted = ("seeds and test images both counted" if all(r.difference.variance and r.difference.variance.images
+                                                                 for r in judged)
+                   else "seeds counted; test images only where the runs recorded per-image correctness (correct.npz)")
+        detail.append(f"Differences are final test accuracy minus {base}'s, paired by seed and test image ({counted}); "
+                      f"better or worse means {holm}; equivalent means that interval lies within ±"
+                      f"{100 * comparison.min_effect:g} points (--min-effect).")
+    coarse = [r for r in others if r.difference is not None and (
+        (r.seed_plan is not None and r.seed_plan.limited_by == "test set") or 1.96 * r.difference.image_se > comparison.min_effect)]
+    if coarse and comparison.test_images:
+        widest = max(1.96 * r.difference.image_se for r in coarse)
+        alone = (f"its draw alone puts up to ±{100 * widest:.2g} points on these differences"
+                 if widest >= comparison.min_effect else "its draw alone may put more than that on these differences")
+        detail.append(f"The test set ({comparison.test_images} images) is too small to resolve "
+                      f"{100 * comparison.min_effect:g}-point differences: {alone}, however many seeds are run.")
     if comparison.selected_on == "test":
-        lines.append(OPTIMISTIC)
+        detail.append(OPTIMISTIC)
     problems = [f"{r.label} ({', '.join(f'seed {s} {st}' for s, st in r.states.items() if st != 'finished')})"
                 for r in comparison.results if any(st != "finished" for st in r.states.values())]
     if problems:
-        lines.append(f"Not averaged in: {'; '.join(problems)}.")
+        detail.append(f"Not averaged in: {'; '.join(problems)}.")
     retried = [f"{r.label} seed {s} ({n}x)" for r in comparison.results for s, n in r.retries.items()]
     if retried:
-        lines.append(f"Restarted from their last checkpoint after a worker died: {', '.join(retried)}.")
-    return " ".join(lines)
+        detail.append(f"Restarted from their last checkpoint after a worker died: {', '.join(retried)}.")
+    return "\n".join([*lines, " ".join(detail)]) if others else " ".join(detail)
 
 
 def same_lr_arms(comparison: Comparison) -> dict[str, str]:
@@ -255,17 +349,24 @@ def notes(comparison: Comparison) -> list[str]:
 
 def readable_table(comparison: Comparison, rows: list[dict[str, str]]) -> tuple[list[str], list[list]]:
     """The summary as people read it (summary.md and report.html): headers, then per schedule its
-    (label, spec) pair and the other cells as text."""
+    (label, spec) pair and the other cells as text. The interval of a difference is the one the verdict
+    reads (Holm's level where there are several comparisons), with its level."""
     sweep = bool(comparison.lrs)
     headers = ["schedule", *(["LR (picked on validation)"] if sweep else []), "final acc % (mean ± sd)", "95% CI",
-               _best_epoch_header(comparison), f"vs {comparison.baseline} (points)", "95% CI of difference", "p",
-               "p (Holm)", f"epochs to {_pct(comparison.target_acc)}%", "mean acc over training %"]
+               _best_epoch_header(comparison), f"vs {comparison.baseline} (points)", "verdict",
+               "interval of difference (level)", "p", "p (Holm)", "seeds won [95% CI]",
+               f"seeds for {100 * comparison.min_effect:g} points", f"epochs to {_pct(comparison.target_acc)}%",
+               "mean acc over training %"]
     table = []
     for row in rows:
+        level = row["diff_ci_judged_level"]
+        interval = f"{row['diff_ci_judged']} ({level})" if level else row["diff_ci_judged"]
         table.append([(row["schedule"], row["spec"]), *([row["picked_lr"]] if sweep else []),
                       f"{row['final_acc_mean']} ± {row['final_acc_std']}", row["final_acc_ci95"],
-                      row["best_epoch_test_acc_mean"], row["diff_vs_baseline"], row["diff_ci95"], row["p_value"],
-                      row["p_holm"], row["epochs_to_target"], row["auc_acc_mean"]])
+                      row["best_epoch_test_acc_mean"], row["diff_vs_baseline"], row["verdict"], interval,
+                      row["p_value"], row["p_holm"], row["seeds_won"],
+                      row["seeds_for_min_effect"] if row["verdict"] in ("undecided", "too few seeds") else "",
+                      row["epochs_to_target"], row["auc_acc_mean"]])
     return headers, table
 
 
@@ -354,6 +455,8 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
     folder = comparison.out / "plots"
     folder.mkdir(exist_ok=True)
     written = {}
+    if any(r.difference for r in comparison.results):
+        written["paired_difference"] = _paired_difference_plot(comparison, folder)
     results = comparison.results
     same_as = same_lr_arms(comparison)
     figure, ax = _figure("Learning rate at the start of each epoch (first seed)", "epoch", "learning rate")
@@ -397,6 +500,37 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
     ax.set_ylabel("")
     written["final_acc"] = _save(figure, folder, "final_acc")
     return written
+
+
+JUDGEMENT_COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "equivalent": "#0969da"}  # the rest grey
+
+
+def _paired_difference_plot(comparison: Comparison, folder: Path) -> Path:
+    """Each schedule's difference from the baseline, in points, with the interval the verdict reads (Holm's
+    level), the per-seed differences as dots and the band of +-the minimum effect: the verdict, drawn."""
+    shown = [r for r in comparison.results if r.difference is not None]
+    effect = 100 * comparison.min_effect
+    figure, ax = _figure(f"Difference from {comparison.baseline} (points): mean, the interval the verdict reads, "
+                         f"and each seed", f"final test accuracy minus {comparison.baseline}'s (points)", "")
+    ax.axvspan(-effect, effect, color="#0969da", alpha=0.08, label=f"within ±{effect:g} (--min-effect)")
+    ax.axvline(0, color="black", linewidth=0.8)
+    baseline = next((r for r in comparison.results if r.label == comparison.baseline), None)
+    for index, result in enumerate(shown):
+        diff, kind = result.difference, judgement(result, comparison)
+        colour = JUDGEMENT_COLOURS.get(kind, "#6e7781")
+        low, high = diff.judged_interval
+        error = None if math.isnan(low) else [[100 * (diff.mean - low)], [100 * (high - diff.mean)]]
+        ax.errorbar([100 * diff.mean], [index], xerr=error, fmt="o", capsize=4, color=colour)
+        if baseline is not None:
+            seeds = [s for s in result.finished_seeds if s in baseline.finished_seeds]
+            per_seed = [100 * (result.curves[s][-1]["test_acc"] - baseline.curves[s][-1]["test_acc"]) for s in seeds]
+            ax.scatter(per_seed, [index + 0.18] * len(per_seed), s=10, color="grey", zorder=3)
+    ax.set_yticks(range(len(shown)), [textwrap.fill(f"{r.label}: {judgement(r, comparison)}", 28) for r in shown],
+                  fontsize=8)
+    ax.set_ylim(-0.6, len(shown) - 0.4)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    return _save(figure, folder, "paired_difference")
 
 
 def configuration(comparison: Comparison) -> str:
@@ -488,7 +622,7 @@ th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
 figure {{ display: inline-block; margin: 0.5em 0; width: 100%; max-width: 620px; vertical-align: top; }}
 img {{ width: 100%; height: auto; }} pre {{ background: #f7f7f7; padding: 0.5em; overflow-x: auto; white-space: pre-wrap; }}
 .notes li {{ margin: 0.3em 0; }}
-.verdict {{ background: #eef5ff; padding: 0.8em 1em; border-left: 4px solid #36c; }}
+.verdict {{ white-space: pre-line; background: #eef5ff; padding: 0.8em 1em; border-left: 4px solid #36c; }}
 </style></head><body>
 <h1>Which learning-rate schedule? {html.escape(comparison.out.name)}</h1>
 <p class="verdict">{html.escape(verdict(comparison))}</p>
