@@ -249,3 +249,22 @@ def test_identical_values_raise_no_numerical_warning():
         summarize([0.9, 0.9, 0.9], [numpy.ones(10, dtype=bool)] * 3)
         paired_difference([0.9, 0.9, 0.9], [0.9, 0.9, 0.9])
         holm_adjusted([paired_difference([0.9, 0.9], [0.9, 0.9])])
+
+
+def test_no_table_of_right_and_wrong_makes_the_statistics_fail_or_give_nan_p_with_spread():
+    # Tables built to hit the edges: identical seeds, identical images, all right, all wrong, one seed.
+    rng = numpy.random.default_rng(9)
+    for _ in range(120):
+        seeds, images = int(rng.integers(1, 6)), int(rng.integers(2, 40))
+        shape = (seeds, images)
+        baseline = rng.random(shape) < rng.choice([0.0, 0.5, 0.95, 1.0])
+        candidate = rng.choice([baseline, baseline ^ (rng.random(images) < 0.2), rng.random(shape) < 0.7,
+                                numpy.repeat(rng.random((1, images)) < 0.6, seeds, axis=0)])
+        difference = paired_difference(candidate.mean(axis=1), baseline.mean(axis=1), candidate, baseline)
+        (judged,) = holm_adjusted([difference])
+        plan = seeds_to_resolve(judged, 0.005, comparisons=3)
+        equivalent = equivalence_p(judged, 0.005)
+        for p in (difference.p_value, equivalent):
+            assert math.isnan(p) or 0 <= p <= 1
+        assert math.isnan(difference.p_value) == (seeds < 2 or not difference.se > 0)
+        assert plan.limited_by in ("", "seeds", "test set", "unknown") and (plan.seeds is None) == (plan.limited_by != "")

@@ -89,7 +89,7 @@ class CrossedVariance:
         Satterthwaite's single df, tried first, rejected up to twice the nominal rate at 3 seeds in the
         calibration simulation, because a seed term underestimated by chance also raised its df."""
         tail = (1 - confidence) / 2  # scipy.special's t quantile: the same as stats.t.isf, 30x less overhead
-        width = special.stdtrit(self.seed_df, tail) ** 2 * self.seed_term
+        width = special.stdtrit(self.seed_df, tail) ** 2 * self.seed_term if self.seed_term > 0 else 0.0
         if self.image_term > 0:
             width += special.stdtrit(self.image_df, tail) ** 2 * self.image_term
         return math.sqrt(width)
@@ -109,8 +109,11 @@ class CrossedVariance:
         high = float(special.stdtr(min(self.seed_df, self.image_df), -statistic)) * 2
         if high <= low * (1 + 1e-9):
             return high
-        return 10 ** brentq(lambda exponent: self.half_width(1 - 10**exponent) - half_width,
-                            math.log10(low), math.log10(high), xtol=1e-6)
+        try:
+            return 10 ** brentq(lambda exponent: min(self.half_width(1 - 10**exponent), 1e300) - half_width,
+                                math.log10(low), math.log10(high), xtol=1e-6)
+        except ValueError:  # a bracket lost to rounding at the extremes: the bound on the safe side
+            return high
 
 
 def crossed_variance(table: numpy.ndarray | Sequence[Sequence[float]]) -> CrossedVariance:
