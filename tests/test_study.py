@@ -151,9 +151,7 @@ def test_a_study_folder_made_with_another_search_space_is_refused_and_left_as_it
     from lrlab.cli import main
 
     changed = [a if a != "lr=0.001:1.0:log" else "lr=0.01:1.0:log" for a in CLI_STUDY]
-    with pytest.raises(SystemExit) as exited:
-        main(["compare", *changed, "--out", str(out)])
-    assert exited.value.code == 2
+    assert main(["compare", *changed, "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "search_lr" in error[0]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -211,3 +209,50 @@ def test_adding_seeds_and_looking_after_every_round_keeps_false_real_at_five_per
     # The simulation can see what the split guards against: testing each look at the full 5% does inflate it.
     naive = _peeking_false_real_rate(0.05, np.random.default_rng(0))
     assert naive > corrected and naive > 0.05
+
+
+def test_more_seeds_go_only_to_the_schedules_still_undecided_at_the_last_look(tmp_path):
+    out = tmp_path / "more-seeds"
+    lrlab.compare(**{**STUDY, "trials": 1, "prune": "none", "epochs": 2, "seeds": [0, 1, 2], "max_seeds": 5,
+                     "schedules": ["constant", "step:step_size=1,gamma=0.1", "exponential:gamma=0.9"]}, out=out)
+    record = read_record(out)
+    sequential = record["sequential"]
+    assert sequential["looks"] == [3, 5] and sequential["level"] == pytest.approx(0.05 / 2)
+    first_look = sequential["history"][0]
+    assert first_look["seeds"] == 3
+    undecided = {label for label, decision in first_look["decisions"].items() if decision == "open"}
+    assert undecided, first_look  # the setting is chosen so that the first look leaves something to add seeds to
+    manifest = json.loads((out / "comparison.json").read_text())
+    trained = {v["label"]: sorted(int(p.name.split("-")[1]) for p in (out / v.get("folder", v["label"])).glob("seed-*"))
+               for v in manifest["variants"]}
+    added = [s for s in manifest["seeds"] if s not in (0, 1, 2)]
+    assert not set(added) & {100}  # never a tuning seed
+    assert added
+    for label, seeds in trained.items():
+        assert seeds == ([0, 1, 2, *added] if label == "constant" or label in undecided else [0, 1, 2]), (label, first_look)
+
+
+def test_the_report_opens_with_the_tuning_table_curves_and_trials_against_lr(reference):
+    out, _ = reference
+    report = (out / "report.html").read_text()
+    assert report.index("<h2>Tuning</h2>") < report.index("<h2>Confirmation</h2>") < report.index("<h2>Summary</h2>")
+    assert report.count('alt="tuning_') == 2
+    assert (out / "plots" / "tuning_curves.png").stat().st_size > 0
+    assert (out / "plots" / "tuning_trials_vs_lr.svg").stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    record = read_record(out)
+    for label, arm in record["arms"].items():
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {label} |"))
+        assert f"| {len(arm['trials'])} | {arm['pruned']} | {arm['failed']} | {arm['epochs_trained']} |" in row
+
+
+def test_lr_auto_searches_a_decade_centred_on_the_range_tests_pick_with_tpe_and_hyperband(tmp_path):
+    out = tmp_path / "auto"
+    lrlab.compare(**{**STUDY, "search": "lr=auto", "sampler": "tpe", "prune": "hyperband", "trials": 2, "epochs": 1,
+                     "schedules": ["constant"], "seeds": [0, 1]}, out=out)
+    pick = json.loads((out / "lr_find" / "lr_find.json").read_text())["pick"]
+    record = read_record(out)
+    low, high = (float(end) for end in record["lr_range"].removeprefix("lr=").removesuffix(":log").split(":"))
+    assert low * high == pytest.approx(pick ** 2, rel=1e-3) and high / low == pytest.approx(10, rel=1e-3)
+    assert all(low <= t.lr <= high for t in record["arms"]["constant"]["trials"])
+    assert record["settings"]["sampler"] == "tpe" and record["settings"]["prune"] == "hyperband"

@@ -8,6 +8,8 @@ line checks it; bad input raises `lrlab.UsageError` with the same one-line messa
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +24,8 @@ from lrlab.errors import UsageError
 from lrlab.specs import suggestion
 
 # The options of a comparison that are not options of its runs.
-COMPARISON_KEYS = ("schedules", "preset", "seeds", "baseline", "target_acc", "lr", "lrs", "min_effect")
+COMPARISON_KEYS = ("schedules", "preset", "seeds", "baseline", "target_acc", "lr", "lrs", "min_effect", "trials", "search",
+                   "tuning_seeds", "sampler", "prune", "study_storage", "max_seeds")
 DEFAULT_SEEDS = (0, 1, 2)
 
 
@@ -82,6 +85,9 @@ def run_config(config: RunConfig | None, model: Any, data: Any, options: dict[st
     """The checked RunConfig for these arguments, the model builder given as an object (or None), and
     the data set given as objects, read into lrlab's form (or None)."""
     values = {**(defaults or {}), **(config.to_dict() if config is not None else {}), **options}
+    for key in ("out", "data_dir"):  # a pathlib.Path is what a Python user passes for a folder
+        if isinstance(values.get(key), os.PathLike):
+            values[key] = os.fspath(values[key])
     builder = None
     if model is not None:
         if isinstance(model, str):
@@ -155,6 +161,13 @@ def compare(
     ray_address: str | None = None,
     storage: str | None = None,
     runs_per_pass: int | str = "auto",
+    trials: int | None = None,
+    search: str | Sequence[str] | None = None,
+    tuning_seeds: Iterable[int] | None = None,
+    sampler: str | None = None,
+    prune: str | None = None,
+    study_storage: str | None = None,
+    max_seeds: int | None = None,
     config: RunConfig | None = None,
     overwrite: bool = False,
     **options: Any,
@@ -173,26 +186,30 @@ def compare(
     A model or data set given as a Python object trains in this process; workers and Ray import
     theirs, so they need import paths ("nets.py:Net"). `overwrite=True` replaces a comparison already in
     `out` (its runs, summary and report) instead of continuing it.
+
+    With `trials` or `search` the comparison is a study (lrlab.study): each schedule is first tuned
+    with `trials` trials (default 8) over `search` ("lr=0.005:0.5:log" or "lr=auto") and any ranges in
+    its spec ("step:step_size=2:8,gamma=0.1:0.7") on `tuning_seeds` (default [1000]), sampled by
+    `sampler` ("qmc" or "tpe") and pruned by `prune` ("sha", "hyperband" or "none"), in an Optuna
+    storage (`study_storage`, default SQLite in `out`); then each is confirmed at its best setting on
+    `seeds`, and with `max_seeds` more seeds are added where a comparison is still undecided.
     """
     from lrlab.comparison import DEFAULT_MIN_EFFECT, PRESETS
     from lrlab.grid import comparison_lr, run_comparison
     from lrlab.executors import InProcess, build_executor
     from lrlab.report import build_report, summary_records, verdict
     from lrlab.runs import RunDirectory
+    from lrlab.study import arms_from_variants, labelled, run_study, settings_from_options
 
-    variants, defaults = _variants(schedules, preset, PRESETS)
-    seeds = list(DEFAULT_SEEDS if seeds is None else seeds)
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise UsageError(f"seeds should be whole numbers, got {seeds!r}")
-    if target_acc is not None and not 1 < target_acc <= 100:
-        hint = f"; {target_acc:g} looks like a fraction: give {100 * target_acc:g}" if 0 < target_acc <= 1 else ""
-        raise UsageError(f"--target-acc {target_acc:g} should be an accuracy in percent, e.g. 90{hint}")
-    target_acc = None if target_acc is None else target_acc / 100  # a fraction from here on, as comparison.json holds it
+    study = settings_from_options(trials, search, tuning_seeds, sampler, prune, study_storage, max_seeds)
+    variants, defaults = _variants(labelled(schedules) if study else schedules, preset, PRESETS)
+    seeds, target_acc, min_effect, lrs = _checked_options(seeds, target_acc, min_effect, lrs)
     min_effect = DEFAULT_MIN_EFFECT * 100 if min_effect is None else min_effect
-    if not 0 < min_effect < 100:
-        raise UsageError(f"--min-effect {min_effect} should be in points of accuracy, between 0 and 100 (e.g. 0.5)")
     if lr is not None and lrs:
         raise UsageError("give either --lr (one LR for every run) or --lrs (a sweep), not both")
+    if study and (lr is not None or lrs):
+        raise UsageError("a study searches the LR itself; give --search lr=LOW:HIGH:log (or lr=auto) instead of --lr/--lrs")
+    arms = arms_from_variants(variants) if study else None
     if "out" not in options and config is None:
         raise UsageError("a comparison needs out=, the folder for its runs and report (--out DIR)")
     for key in ("schedule", "seed"):
@@ -220,19 +237,69 @@ def compare(
             remove_comparison(Path(base.out))
         if lr is not None:
             base = replace(base, optimizer=comparison_lr(lr, base, loaded, builder))
-        outcomes = run_comparison(base, variants, seeds, base.out, baseline, target_acc, show_progress=show_progress,
-                                  executor=executor, runs_per_pass=runs_per_pass, lrs=list(lrs) if lrs else None,
-                                  min_effect=min_effect / 100, data=loaded)
+        if study:
+            outcomes = run_study(base, arms, seeds, base.out, study, baseline=baseline, target_acc=target_acc,
+                                 min_effect=min_effect / 100, executor=executor, runs_per_pass=runs_per_pass,
+                                 data=loaded, show_progress=show_progress)
+        else:
+            outcomes = run_comparison(base, variants, seeds, base.out, baseline, target_acc, show_progress=show_progress,
+                                      executor=executor, runs_per_pass=runs_per_pass, lrs=list(lrs) if lrs else None,
+                                      min_effect=min_effect / 100, data=loaded)
         comparison = build_report(base.out)
     out = Path(base.out)
     return ComparisonResult(out, summary_records(comparison), verdict(comparison), out / "report.html", comparison, outcomes)
 
 
+def _checked_options(seeds: Any, target_acc: Any, min_effect: Any, lrs: Any) -> tuple[list[int], float | None, float | None, list[float] | None]:
+    """The comparison's own options, checked as the command line checks them (one UsageError line for
+    a wrong type too); numpy numbers count as the Python numbers they are."""
+    if seeds is None:
+        seeds = list(DEFAULT_SEEDS)
+    elif isinstance(seeds, (str, bytes, numbers.Number)) or not isinstance(seeds, Iterable):
+        raise UsageError(f"seeds should be a list of whole numbers, e.g. seeds=[0, 1, 2], got {_shown(seeds)}")
+    else:
+        seeds = list(seeds)
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+            raise UsageError(f"seeds should be whole numbers, got {_shown(seeds)}")
+        seeds = [int(s) for s in seeds]
+    target_acc = _number(target_acc, "--target-acc", "an accuracy in percent, e.g. 90")
+    if target_acc is not None and not 1 < target_acc <= 100:
+        hint = f"; {target_acc:g} looks like a fraction: give {100 * target_acc:g}" if 0 < target_acc <= 1 else ""
+        raise UsageError(f"--target-acc {target_acc:g} should be an accuracy in percent, e.g. 90{hint}")
+    target_acc = None if target_acc is None else target_acc / 100  # a fraction from here on, as comparison.json holds it
+    min_effect = _number(min_effect, "--min-effect", "in points of accuracy, between 0 and 100 (e.g. 0.5)")
+    if min_effect is not None and not 0 < min_effect < 100:
+        raise UsageError(f"--min-effect {min_effect} should be in points of accuracy, between 0 and 100 (e.g. 0.5)")
+    if lrs is not None:
+        if isinstance(lrs, (str, bytes, numbers.Number)) or not isinstance(lrs, Iterable):
+            raise UsageError(f"lrs should be a list of LRs, e.g. lrs=[0.01, 0.1], got {_shown(lrs)}")
+        lrs = [_number(lr, "--lrs", "a positive number") for lr in lrs]
+    return seeds, target_acc, min_effect, lrs
+
+
+def _number(value: Any, option: str, wanted: str) -> float | None:
+    """`value` as a float when it is a real, finite number (None stays None); else a UsageError."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise UsageError(f"{option} {_shown(value)} should be a number, {wanted}")
+    return float(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _variants(schedules: Sequence[Any] | None, preset: str | None, presets: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """The arms of the comparison, and the run options a preset sets unless given."""
     from lrlab.grid import label_for, variants_from_specs
-    from lrlab.comparison import Variant
+    from lrlab.comparison import Variant, check_label
 
+    if schedules is not None and not preset and isinstance(schedules, Sequence) and not isinstance(schedules, str) \
+            and len(schedules) == 0:
+        raise UsageError("schedules is empty; list the specs to compare, e.g. ['constant', 'step:step_size=5'], "
+                         "or name a --preset")
     if bool(preset) == bool(schedules):
         raise UsageError("give either --preset NAME or --schedules SPEC ... (preset= or schedules= in Python), not both")
     if preset:
@@ -252,8 +319,16 @@ def _variants(schedules: Sequence[Any] | None, preset: str | None, presets: dict
         item = {"schedule": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or "schedule" not in item or set(item) - {"schedule", "label", "optimizer"}:
             raise UsageError(f"each schedule is a spec, or a mapping with schedule: and optionally label: and optimizer:; "
-                             f"got {item!r}")
-        variants.append(Variant(str(item.get("label") or label_for(item["schedule"])), item["schedule"], item.get("optimizer")))
+                             f"got {_shown(item)}")
+        for key in ("schedule", "optimizer"):
+            if key in item and not isinstance(item[key], str) and not (key == "optimizer" and item[key] is None):
+                raise UsageError(f"a schedule's {key}: is a spec written as text, e.g. 'step:step_size=5' or "
+                                 f"'sgd:lr=0.1', got {_shown(item[key])}")
+        label = item.get("label")
+        if isinstance(label, (int, float)) and not isinstance(label, bool):
+            label = str(label)  # `label: 7` in YAML
+        label = check_label(label) if label is not None else label_for(item["schedule"])
+        variants.append(Variant(label, item["schedule"], item.get("optimizer")))
     if len({v.label for v in variants}) != len(variants):
         raise UsageError("two schedules have the same label; give each its own label:")
     return variants, {}

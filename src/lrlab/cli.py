@@ -51,6 +51,7 @@ HELP = {
     "out": "run directory",
     "tensorboard": "also write TensorBoard events into the run directory",
     "quiet": "no progress bar or per-epoch lines",
+    "pause_at_epoch": "stop after this epoch, to continue later with --resume (the schedule still plans for --epochs)",
 }
 
 TRAIN_EXAMPLES = """examples:
@@ -70,6 +71,8 @@ COMPARE_EXAMPLES = """examples:
       --schedules constant "cosine:T_max=20" --epochs 20 --out runs/mine   # your own model and data
   lrlab compare --config comparison.yaml                          # schedules:, seeds:, baseline:, run options
   lrlab compare ... --workers 2                                   # two runs at once on this machine
+  lrlab compare --schedules constant "step:step_size=2:8,gamma=0.1:0.7" --search lr=0.005:0.5:log \
+      --trials 8 --seeds 0 1 2 --out runs/study                   # tune each schedule, then confirm on fresh seeds
   lrlab compare --preset article --seeds 0 1 2 3 4 --backend ray --ray-address auto --storage /mnt/shared --out runs/big
 """
 PREVIEW_EXAMPLES = """example:
@@ -148,6 +151,22 @@ def build_parser() -> Parser:
                          help="replace the comparison in --out (its runs, summary and report) instead of continuing it")
     compare.add_argument("--config", help="YAML file with schedules:, seeds:, baseline: and any training option; "
                          "options given here override it")
+    study = compare.add_argument_group(
+        "a study: tune each schedule with an equal, pruned budget of trials, then confirm its best setting on --seeds")
+    study.add_argument("--trials", type=int, help="tuning trials per schedule; turns the comparison into a study (default 8 "
+                       "when --search is given)")
+    study.add_argument("--search", nargs="+", metavar="lr=LOW:HIGH[:log]",
+                       help="the LR range to search, e.g. lr=0.005:0.5:log, or lr=auto (a decade around the range test's "
+                            "pick); default: a decade either side of the optimizer's LR. Ranges of a schedule's own "
+                            "arguments go in its spec: step:step_size=2:8,gamma=0.1:0.7")
+    study.add_argument("--tuning-seeds", nargs="+", type=int, metavar="SEED",
+                       help="seeds the trials train with, never used to confirm (default: 1000)")
+    study.add_argument("--sampler", choices=("qmc", "tpe"), help="Optuna's quasi-random Sobol points (qmc, the default) or TPE")
+    study.add_argument("--prune", choices=("sha", "hyperband", "none"),
+                       help="stop losing trials at epoch rungs: successive halving (sha, the default), hyperband, or none")
+    study.add_argument("--study-storage", metavar="URL", help="Optuna storage URL (default: sqlite in --out: study.db)")
+    study.add_argument("--max-seeds", type=int, metavar="N",
+                       help="add confirmation seeds in rounds, up to N, only to comparisons still undecided")
     where = compare.add_argument_group("where the runs train")
     where.add_argument("--backend", choices=("local", "ray"), default="local", help="local (this machine, the default) or ray")
     where.add_argument("--workers", type=int, default=1, help="local: runs at once, each in its own process (default: 1, in this process)")

@@ -6,7 +6,8 @@ aggregation reads it; neither needs the other.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ class Variant:
     """One arm of a comparison: a schedule, and optionally its own optimizer.
 
     In an LR sweep (`--lrs`) each arm is run once per LR: those variants carry the `lr` and the
-    label of the `arm` they belong to, and their label names both (`step/lr=0.1`).
+    label of the `arm` they belong to, and their label names both (`step/lr=0.1`). `folder` is the
+    shell-safe folder its runs live in (`StepLR-5-0.5`); None in a comparison written before lrlab
+    named folders apart from labels, whose runs live under the label itself.
     """
 
     label: str
@@ -29,15 +32,69 @@ class Variant:
     optimizer: str | None = None
     lr: float | None = None
     arm: str | None = None
+    folder: str | None = None
 
     @property
     def arm_label(self) -> str:
         return self.arm or self.label
 
+    @property
+    def folder_name(self) -> str:
+        """The folder of this variant's runs, relative to the comparison's folder."""
+        return self.folder or self.label
 
-def run_path(out: Path, label: str, seed: int) -> Path:
-    """Where the run of the arm labelled `label` with `seed` lives in the comparison folder `out`."""
-    return Path(out) / label / f"seed-{seed}"
+    def as_manifest_entry(self) -> dict[str, Any]:
+        """This variant as comparison.json holds it (no folder key where it has none, as older lrlab wrote it)."""
+        entry = asdict(self)
+        if entry["folder"] is None:
+            del entry["folder"]
+        return entry
+
+
+def run_path(out: Path, folder: str, seed: int) -> Path:
+    """Where the run with `seed` of the variant whose folder is `folder` (`Variant.folder_name`) lives in `out`."""
+    return Path(out) / folder / f"seed-{seed}"
+
+
+LABEL_LIMIT = 80  # characters: a label is read in tables, plot legends and one-line messages
+FOLDER_LIMIT = 48  # characters of a folder name made from a label
+# What a comparison's folder holds besides its arms' folders, and what a run folder holds: no arm's
+# folder may take one of these names (compared without case, for case-insensitive file systems).
+RESERVED_NAMES = frozenset(name.casefold() for name in (
+    MANIFEST, "summary.csv", "summary.md", "report.html", "plots", "lr_find", "lr_find.json", "lr_find.csv", "lr_find.png",
+    "run.lock", "config.yaml", "metrics.csv", "steps.csv", "status.json", "correct.npz", "best.pt", "last.pt", "study",
+    "study.db", "study.json", "tuning", "log.txt"))
+
+
+def check_label(label: Any) -> str:
+    """`label` if it can name an arm in tables, messages and comparison.json; a UsageError saying why not."""
+    if not isinstance(label, str):
+        raise UsageError(f"a schedule's label should be text, got {type(label).__name__} {label!r:.40}")
+    shown = repr(label[:40]) + ("..." if len(label) > 40 else "")
+    if not label.strip():
+        raise UsageError("a schedule's label is empty; give each schedule a name, e.g. label: step")
+    if len(label) > LABEL_LIMIT:
+        raise UsageError(f"the label {shown} is {len(label)} characters long; keep labels to {LABEL_LIMIT}")
+    if not label.isprintable():
+        raise UsageError(f"the label {shown} holds a control character (NUL, newline, tab); use plain text")
+    if "/" in label or "\\" in label or label.strip() in (".", ".."):
+        raise UsageError(f"the label {shown} holds a path ('/', '\\', '.' or '..'); a label is a name, e.g. step-0.5")
+    if label != label.strip():
+        raise UsageError(f"the label {shown} starts or ends with a space; write it without")
+    return label
+
+
+def safe_folder_name(label: str, taken: set[str]) -> str:
+    """A folder name for the arm labelled `label` that a shell takes as it is (letters, digits and
+    `._=+@-`, not starting with `-` or `.`), none of `RESERVED_NAMES`, and not in `taken` (names
+    compared without case); `taken` gets the new name."""
+    stem = re.sub(r"[^A-Za-z0-9._=+@-]+", "-", label).strip("-.")[:FOLDER_LIMIT].rstrip("-.") or "schedule"
+    name, number = stem, 1
+    while name.casefold() in taken or name.casefold() in RESERVED_NAMES:
+        number += 1
+        name = f"{stem}-{number}"
+    taken.add(name.casefold())
+    return name
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -56,19 +113,22 @@ def read_manifest(out: Path) -> dict[str, Any]:
         raise UsageError(damaged) from None
     variants = manifest.get("variants") if isinstance(manifest, dict) else None
     seeds = manifest.get("seeds") if isinstance(manifest, dict) else None
-    fields = {"label", "schedule", "optimizer", "lr", "arm"}
+    fields = {"label", "schedule", "optimizer", "lr", "arm", "folder"}
     if (not isinstance(manifest.get("base_config") if isinstance(manifest, dict) else None, dict)
             or not isinstance(variants, list) or not variants
             or not all(isinstance(v, dict) and set(v) <= fields
-                       and isinstance(v.get("label"), str) and isinstance(v.get("schedule"), str) for v in variants)
+                       and isinstance(v.get("label"), str) and isinstance(v.get("schedule"), str)
+                       and isinstance(v.get("folder", ""), str) for v in variants)
             or not isinstance(seeds, list) or not seeds
             or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)
             or manifest.get("baseline") not in [v.get("arm") or v["label"] for v in variants] + [v["label"] for v in variants]):
         raise UsageError(damaged)
     for variant in variants:
-        # A label is a folder path inside the comparison (`step/lr=0.1`); none may lead out of it.
-        label = variant["label"]
-        if not label or "\0" in label or label.startswith("/") or any(part in ("", ".", "..") for part in label.split("/")):
+        # A folder (or, written by an older lrlab, a label) is a path inside the comparison
+        # (`step/lr=0.1`); none may lead out of it.
+        folder = variant.get("folder") or variant["label"]
+        if (not variant["label"] or "\0" in folder or folder.startswith("/")
+                or any(part in ("", ".", "..") for part in folder.split("/"))):
             raise UsageError(damaged)
     return manifest
 

@@ -13,14 +13,15 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lrlab.comparison import DEFAULT_MIN_EFFECT, MANIFEST, Variant, read_manifest, run_path
+from lrlab.comparison import (DEFAULT_MIN_EFFECT, LABEL_LIMIT, MANIFEST, Variant, check_label, read_manifest, run_path,
+                              safe_folder_name)
 from lrlab.config import RunConfig, config_from_dict
 from lrlab.data.loader import batches_per_epoch
-from lrlab.errors import UsageError, first_names
+from lrlab.errors import UsageError, clip, first_names
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
 from lrlab.preview import doctor, doctor_test_set
 from lrlab.runs import RunDirectory
@@ -28,8 +29,10 @@ from lrlab.schedules import NO_SCHEDULE, parse_schedule
 
 
 def label_for(spec: str) -> str:
-    """A readable, file-system-safe label for a schedule spec, written like the torch call: `StepLR(5, 0.5)`."""
-    return re.sub(r"[^A-Za-z0-9_.=,+()@* \-]+", "_", parse_schedule(spec).label).strip("_ ") or NO_SCHEDULE
+    """A readable label for a schedule spec, written like the torch call: `StepLR(5, 0.5)` (its runs'
+    folder gets a shell-safe name of its own: `comparison.safe_folder_name`)."""
+    label = re.sub(r"[^A-Za-z0-9_.=,+()@* \-]+", "_", parse_schedule(spec).label).strip("_ ") or NO_SCHEDULE
+    return clip(label, LABEL_LIMIT)
 
 
 def variants_from_specs(specs: list[str]) -> list[Variant]:
@@ -43,38 +46,68 @@ def variants_from_specs(specs: list[str]) -> list[Variant]:
 PEAK_LR_ARGUMENT = {"OneCycleLR": "max_lr", "CyclicLR": "max_lr"}
 
 
-def at_lr(variant: Variant, lr: float, base_optimizer: str) -> Variant:
+def at_lr(variant: Variant, lr: float, base_optimizer: str, lr_text: str | None = None) -> Variant:
     """`variant` run at `lr`: the optimizer's lr is `lr`, and so is the peak (max_lr) of a schedule
-    that sets its own (OneCycleLR, CyclicLR); every other argument of the schedule stays as given."""
+    that sets its own (OneCycleLR, CyclicLR); every other argument of the schedule stays as given.
+    `lr_text` is how the label and folder write the LR (default `lr:g`)."""
     from lrlab.optimizers import with_lr
 
     schedule = variant.schedule
     argument = PEAK_LR_ARGUMENT.get(parse_schedule(schedule).class_name)
     if argument:
         schedule = re.sub(rf"\b{argument}=[^,@]+", f"{argument}={lr!r}", schedule)
-    return Variant(f"{variant.label}/lr={lr:g}", schedule, with_lr(variant.optimizer or base_optimizer, lr), lr=lr,
-                   arm=variant.label)
+    lr_text = lr_text or f"{lr:g}"
+    folder = None if variant.folder is None else f"{variant.folder}/lr={lr_text}"
+    return Variant(f"{variant.label}/lr={lr_text}", schedule, with_lr(variant.optimizer or base_optimizer, lr), lr=lr,
+                   arm=variant.label, folder=folder)
 
 
 def sweep(variants: list[Variant], lrs: list[float] | None, base_optimizer: str) -> list[Variant]:
-    """Every variant at every LR of `lrs` (or each as it is, without `lrs`)."""
+    """Every variant at every LR of `lrs` (or each as it is, without `lrs`).
+
+    Each LR gets its own label and folder: written `:g` (`lr=0.1`) unless two LRs would then read
+    alike (0.1 and 0.1000001), when every LR is written in full."""
     if not lrs:
         return list(variants)
-    if len(set(lrs)) != len(lrs) or any(not lr > 0 for lr in lrs):
-        raise UsageError(f"--lrs {' '.join(map(str, lrs))}: give each LR once, each positive")
-    return [at_lr(variant, lr, base_optimizer) for variant in variants for lr in sorted(lrs)]
+    shown = " ".join(clip(repr(lr), 20) for lr in lrs[:6])
+    if not all(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0 for lr in lrs):
+        raise UsageError(f"--lrs {shown}: each LR should be a positive number")
+    if len(set(lrs)) != len(lrs):
+        raise UsageError(f"--lrs {shown}: give each LR once")
+    lrs = sorted(float(lr) for lr in lrs)
+    texts = [f"{lr:g}" for lr in lrs]
+    if len(set(texts)) != len(texts):
+        texts = [repr(lr) for lr in lrs]
+    return [at_lr(variant, lr, base_optimizer, text) for variant in variants for lr, text in zip(lrs, texts)]
 
 
 def run_config(base: RunConfig, variant: Variant, seed: int, out: Path) -> RunConfig:
     return replace(base, schedule=variant.schedule, optimizer=variant.optimizer or base.optimizer,
-                   seed=seed, out=str(run_path(out, variant.label, seed)), quiet=True)
+                   seed=seed, out=str(run_path(out, variant.folder_name, seed)), quiet=True)
 
 
-def _write_manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: list[int], baseline: str,
-                    target_acc: float | None, min_effect: float) -> None:
+def with_folders(arms: list[Variant], out: Path) -> list[Variant]:
+    """`arms`, each with the folder its runs live in: the one an earlier attempt at the comparison in
+    `out` gave it (a comparison written by an older lrlab keeps its runs under their labels), or
+    else a new shell-safe name (`safe_folder_name`) that no other arm's folder takes."""
+    earlier: dict[str, str | None] = {}
+    if (out / MANIFEST).exists():
+        for entry in read_manifest(out)["variants"]:
+            variant = Variant(**entry)
+            root = None if variant.folder is None else variant.folder.split("/")[0] if variant.arm else variant.folder
+            earlier.setdefault(variant.arm_label, root)
+    taken = {(root or label).split("/")[0].casefold() for label, root in earlier.items()}
+    return [replace(arm, folder=earlier[arm.label]) if arm.label in earlier else
+            replace(arm, folder=safe_folder_name(arm.label, taken)) for arm in arms]
+
+
+def _manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: list[int], baseline: str,
+              target_acc: float | None, min_effect: float) -> dict[str, Any]:
+    """comparison.json for this comparison, merged with what `out` holds of an earlier attempt; a
+    UsageError where `out` holds a different comparison. Nothing is written."""
     manifest = {"base_config": {**base.to_dict(), "schedule": "constant", "seed": 0, "out": str(out)},
-                "variants": [asdict(v) for v in variants], "seeds": seeds, "baseline": baseline, "target_acc": target_acc,
-                "min_effect": min_effect}
+                "variants": [v.as_manifest_entry() for v in variants], "seeds": seeds, "baseline": baseline,
+                "target_acc": target_acc, "min_effect": min_effect}
     path = out / MANIFEST
     if path.exists():
         existing = read_manifest(out)
@@ -88,7 +121,7 @@ def _write_manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: 
             known[variant["label"]] = variant
         manifest["variants"] = list(known.values())
         manifest["seeds"] = sorted(set(existing["seeds"]) | set(seeds))
-    RunDirectory(out).write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def run_comparison(
@@ -124,25 +157,33 @@ def run_comparison(
         raise UsageError("a comparison needs at least one schedule and one seed")
     if len(set(seeds)) != len(seeds):
         raise UsageError("a seed is listed twice; give each seed once")
+    for variant in variants:
+        check_label(variant.label)
+    if len({v.label for v in variants}) != len(variants):
+        raise UsageError("two schedules have the same label; give each its own label:")
     baseline = baseline or variants[0].label
     if baseline not in [v.label for v in variants]:
         raise UsageError(f"--baseline {baseline!r} is not one of the schedules: {', '.join(v.label for v in variants)}")
-    arms = variants
-    variants = sweep(arms, lrs, base.optimizer)
-    tasks = [GridTask(v.label, s, run_config(base, v, s, out)) for v in variants for s in seeds]
-    for task in tasks:
-        task.config.validate()
+    for variant in sweep(variants, lrs, base.optimizer):
+        for seed in seeds:
+            run_config(base, variant, seed, out).validate()  # every run option checked before the folder is made
     executor = executor or InProcess()
     folder = RunDirectory(out)
     with folder.locked():  # held from before anything is decided about the folder until every run has ended
+        arms = with_folders(variants, out)
+        variants = sweep(arms, lrs, base.optimizer)
+        tasks = [GridTask(v.label, s, run_config(base, v, s, out)) for v in variants for s in seeds]
         _refuse_foreign_files(folder, variants)
+        manifest = _manifest(out, base, variants, seeds, baseline, target_acc, min_effect)
+        # Nothing is written until every check has passed, the data and the model included: a
+        # refused comparison leaves nothing that would refuse the corrected command.
+        data = data if data is not None else load_run_data(base)
+        builder = getattr(executor, "builder", None)  # a model given as a Python object (in process only)
+        run_model_factory(base, data, builder)  # a model that cannot work stops here, once
+        run_data = split_for_run(data, base)
+        steps_per_epoch = _steps_per_epoch(base, run_data)
         with executor.session(out):
-            _write_manifest(out, base, variants, seeds, baseline, target_acc, min_effect)
-            data = data if data is not None else load_run_data(base)
-            builder = getattr(executor, "builder", None)  # a model given as a Python object (in process only)
-            run_model_factory(base, data, builder)  # a model that cannot work stops here, once
-            run_data = split_for_run(data, base)
-            steps_per_epoch = _steps_per_epoch(base, run_data)
+            folder.write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
             for line in doctor_test_set(len(run_data.test_labels), min_effect):
                 print(f"lrlab: note: {line}", file=sys.stderr)
             for variant in arms:
@@ -178,7 +219,8 @@ def _refuse_foreign_files(folder: RunDirectory, variants: list[Variant]) -> None
     folder.check_writable()
     if (folder.path / MANIFEST).exists():
         return
-    ours = {"lr_find", *(v.label.split("/")[0] for v in variants)}
+    # A study's tuning phase writes its trials, record and storage here before the comparison starts.
+    ours = {"lr_find", "tuning", "study.json", "study.db", *(v.folder_name.split("/")[0] for v in variants)}
     foreign = [name for name in folder.foreign_files() if name not in ours]
     if foreign:
         raise UsageError(f"{folder.path} holds files lrlab did not make ({first_names(foreign)}); choose an empty or new "
@@ -206,6 +248,13 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
 
     runs_per_pass = parse_runs_per_pass(runs_per_pass)
     size = auto_runs_per_pass(base, data, builder) if runs_per_pass == "auto" else runs_per_pass
+    notes = []
+    if size > 1 and len(tasks) > 1:
+        problem = _why_not_stacked(base, data, builder)
+        if problem:
+            size = 1
+            notes.append(f"lrlab: note: this model cannot train in groups under torch.func.vmap ({problem}); "
+                         f"each run trains alone")
     together: dict[Any, list[GridTask]] = {}
     alone: list[GridTask] = []
     for task in tasks:
@@ -226,7 +275,7 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
     else:
         why = "auto on the CPU, where a group measured slower than its runs alone; --workers N spreads runs over the cores"
     if size == 1:
-        return passes, [f"lrlab: {_count(len(tasks), 'run')}, one at a time ({why})"]
+        return passes, [f"lrlab: {_count(len(tasks), 'run')}, one at a time ({why})", *notes]
     grouped = sum(len(members) for members in passes if len(members) > 1)
     lines = [f"lrlab: {_count(len(tasks), 'run')} in {_count(len(passes), 'pass', 'passes')} over the data; {grouped} of them "
              f"share a pass with other runs of their seed (up to {size} a pass, {why})"]
@@ -238,6 +287,26 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
     for reason, labels in reasons.items():
         lines.append(f"lrlab: note: {', '.join(labels)} train{'s' if len(labels) == 1 else ''} one run at a time: {reason}")
     return passes, lines
+
+
+def _why_not_stacked(base: RunConfig, data, builder: Any = None) -> str | None:
+    """Why two copies of the model cannot take a training step together under vmap (a data-dependent
+    `if`, `.item()`), tried on two blank images; None when they can. The random generator is left as it was."""
+    import torch
+    from torch import nn
+
+    from lrlab.engine import run_model_factory
+    from lrlab.stacked import StackedModel
+
+    factory = run_model_factory(base, data, builder, check=False)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            stacked = StackedModel([factory(), factory()], nn.CrossEntropyLoss())
+            losses, _ = stacked.losses_and_logits(torch.zeros(2, data.channels, *data.image_size), torch.zeros(2, dtype=torch.long))
+            losses.sum().backward()
+        except Exception as error:  # noqa: BLE001 - the user's model: say what vmap found, then train alone
+            return clip(f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}", 160)
+    return None
 
 
 def _count(number: int, one: str, many: str | None = None) -> str:

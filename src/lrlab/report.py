@@ -383,6 +383,7 @@ def write_summaries(comparison: Comparison) -> tuple[Path, Path]:
     found = notes(comparison)
     if found:
         lines += ["## Notes", "", *(f"- {note}" for note in found), ""]
+    lines += tuning_markdown(comparison.out)
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for cells in table:
         cells = [f"`{cells[0][1]}`" if cells[0][0] == cells[0][1] else f"{cells[0][0]} (`{cells[0][1]}`)", *cells[1:]]
@@ -499,7 +500,7 @@ def write_plots(comparison: Comparison) -> dict[str, Path]:
     ax.set_xlim(right=min(100.0, ax.get_xlim()[1]))
     ax.set_ylabel("")
     written["final_acc"] = _save(figure, folder, "final_acc")
-    return written
+    return {**write_tuning_plots(comparison.out, folder), **written}
 
 
 JUDGEMENT_COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "equivalent": "#0969da"}  # the rest grey
@@ -595,6 +596,8 @@ def write_html(comparison: Comparison, plots: dict[str, Path]) -> Path:
     table.append("</tbody></table></div>")
     images = []
     for name, path in plots.items():
+        if name in TUNING_PLOTS:
+            continue  # shown with the tuning table
         encoded = base64.b64encode(path.read_bytes()).decode()
         images.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}"></figure>')
     configs = []
@@ -626,7 +629,7 @@ img {{ width: 100%; height: auto; }} pre {{ background: #f7f7f7; padding: 0.5em;
 </style></head><body>
 <h1>Which learning-rate schedule? {html.escape(comparison.out.name)}</h1>
 <p class="verdict">{html.escape(verdict(comparison))}</p>
-{notes_html}<h2>Summary</h2>
+{notes_html}{tuning_html(comparison.out, plots)}<h2>Summary</h2>
 {''.join(table)}
 <p>Accuracies in %. Differences are final test accuracy minus the baseline's ({html.escape(comparison.baseline)}),
 paired by seed. Target for "epochs to target": {_pct(comparison.target_acc)}%.</p>
@@ -649,3 +652,100 @@ def build_report(out: str | Path) -> Comparison:
     plots = write_plots(comparison)
     write_html(comparison, plots)
     return comparison
+
+
+# -- a study's tuning phase (lrlab.study), read from study.json ------------------------------------
+
+def tuning_rows(out: Path) -> list[dict[str, str]]:
+    """One row per schedule of a study: the setting it was confirmed at and what tuning it cost; [] if not a study."""
+    from lrlab.tuning import read_record
+
+    record = read_record(out)
+    if not record:
+        return []
+    rows = []
+    for label, arm in record["arms"].items():
+        confirmed = record.get("confirmed", {}).get(label, {})
+        trial = next((t for t in arm["trials"] if t.number == confirmed.get("trial")), None)
+        setting = "(tuning not finished)" if trial is None else ", ".join(
+            [f"lr={trial.lr:.4g}", *(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())])
+        rows.append({"schedule": label, "searched": arm["spec"], "confirmed at": setting,
+                     "trial": "" if trial is None else str(trial.number),
+                     "validation acc (%)": "" if trial is None else _pct(trial.final_val_acc),
+                     "trials": str(len(arm["trials"])), "pruned": str(arm["pruned"]), "failed": str(arm["failed"]),
+                     "epochs trained": str(arm["epochs_trained"])})
+    return rows
+
+
+def tuning_summary(out: Path) -> str:
+    """The sentence that opens a study's tuning section: budget, sampler, pruner, seeds."""
+    from lrlab.tuning import read_record
+
+    record = read_record(out)
+    settings = record["settings"]
+    total = sum(arm["epochs_trained"] for arm in record["arms"].values())
+    rungs = ", ".join(map(str, record.get("rungs", []))) or "none"
+    return (f"Each schedule was tuned with {settings['trials']} trials ({settings['sampler'].upper()} sampling over "
+            f"{record['lr_range']} and the ranges in its spec; pruner {settings['prune']}, rungs at epochs {rungs}) on "
+            f"tuning seed(s) {', '.join(map(str, settings['tuning_seeds']))}, scored on final validation accuracy: "
+            f"{total} tuning epochs in all. Only the confirmation runs below, on other seeds, are judged on the test set.")
+
+
+def write_tuning_plots(out: Path, folder: Path) -> dict[str, Path]:
+    """Each schedule's tuning curve (best validation accuracy against trials used) and every trial's
+    validation accuracy against its LR, pruned trials hollow at the accuracy where they stopped."""
+    from lrlab.tuning import read_record
+
+    record = read_record(out)
+    if not record:
+        return {}
+    written = {}
+    figure, ax = _figure("Tuning: best validation accuracy among the first n trials", "trials used", "validation accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for label, arm in record["arms"].items():
+        best, curve = -math.inf, []
+        for trial in sorted(arm["trials"], key=lambda t: t.number):
+            if trial.state == "complete":
+                best = max(best, trial.final_val_acc)
+            curve.append(100 * best if best > -math.inf else math.nan)
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", drawstyle="steps-post", label=label)
+    _legend(ax)
+    written["tuning_curves"] = _save(figure, folder, "tuning_curves")
+    figure, ax = _figure("Tuning trials: validation accuracy against LR (hollow: pruned, at the epoch it stopped)",
+                         "learning rate", "validation accuracy (%)")
+    ax.set_xscale("log")
+    for index, (label, arm) in enumerate(record["arms"].items()):
+        color = f"C{index % 10}"
+        for state, style in (("complete", {"color": color}), ("pruned", {"facecolors": "none", "edgecolors": color})):
+            trials = [t for t in arm["trials"] if t.state == state and t.val_acc]
+            ax.scatter([t.lr for t in trials], [100 * t.final_val_acc for t in trials], s=36, zorder=3,
+                       label=f"{label}{'' if state == 'complete' else ' (pruned)'}", **style)
+    _legend(ax)
+    written["tuning_trials_vs_lr"] = _save(figure, folder, "tuning_trials_vs_lr")
+    return written
+
+
+TUNING_PLOTS = ("tuning_curves", "tuning_trials_vs_lr")
+
+
+def tuning_markdown(out: Path) -> list[str]:
+    rows = tuning_rows(out)
+    if not rows:
+        return []
+    lines = ["## Tuning", "", tuning_summary(out), "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row.values()) + " |" for row in rows]
+    return [*lines, "", "## Confirmation", ""]
+
+
+def tuning_html(out: Path, plots: dict[str, Path]) -> str:
+    rows = tuning_rows(out)
+    if not rows:
+        return ""
+    table = ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+             + "</tr></thead><tbody>"]
+    table += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row.values()) + "</tr>" for row in rows]
+    table.append("</tbody></table></div>")
+    images = [f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(plots[name].read_bytes()).decode()}">'
+              f"</figure>" for name in TUNING_PLOTS if name in plots]
+    return (f"<h2>Tuning</h2>\n<p>{html.escape(tuning_summary(out))}</p>\n{''.join(table)}\n{''.join(images)}\n"
+            f"<h2>Confirmation</h2>\n")

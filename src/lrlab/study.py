@@ -190,7 +190,7 @@ class Study:
         return f"{self.lr_range.describe()}; {arm.schedule.spec}; {self.base.epochs} epochs; prune {self.settings.prune}"
 
     def trial_path(self, arm: StudyArm, number: int) -> Path:
-        return self.out / TUNING_FOLDER / arm.label / f"trial-{number}"
+        return self.out / TUNING_FOLDER / tuning_folders(self.arms)[arm.label] / f"trial-{number}"
 
     def progress_tasks(self) -> list[GridTask]:
         return [GridTask(arm.label, number, replace(self.base, out=str(self.trial_path(arm, number))))
@@ -312,7 +312,7 @@ class Study:
             complete = [r for r in sorted(self.records[arm.label].values(), key=lambda r: r.number) if r.state == "complete"]
             if not complete:
                 raise UsageError(f"no tuning trial of {arm.label!r} finished (all pruned, diverged or failed: see "
-                                 f"{self.out / TUNING_FOLDER / arm.label}); narrow its search range or lower the LR range")
+                                 f"{self.trial_path(arm, 0).parent}); narrow its search range or lower the LR range")
             chosen[arm.label] = max(complete, key=lambda r: (r.final_val_acc, -r.number))
         return chosen
 
@@ -338,6 +338,14 @@ class Study:
                                 "settings": settings_record(settings, self.arms, self.base.epochs), "lr_range": self.lr_range.describe(),
                                 "rungs": rung_epochs(self.base.epochs, settings.prune), "arms": arms, **(extra or {})})
 
+
+
+def tuning_folders(arms: list[StudyArm]) -> dict[str, str]:
+    """Each arm's shell-safe folder under tuning/, named from its label as the comparison names its runs' folders."""
+    from lrlab.comparison import safe_folder_name
+
+    taken: set[str] = set()
+    return {arm.label: safe_folder_name(arm.label, taken) for arm in arms}
 
 
 def settings_record(settings: StudySettings, arms: list[StudyArm], epochs: int) -> dict[str, Any]:
@@ -412,7 +420,7 @@ def run_study(base: RunConfig, arms: list[StudyArm], seeds: list[int], out: str 
     executor = executor or InProcess()
     folder = RunDirectory(out)
     with folder.locked():
-        check_folder(out, labels, settings_record(settings, arms, base.epochs))
+        check_folder(out, [*labels, *tuning_folders(arms).values()], settings_record(settings, arms, base.epochs))
         data = data if data is not None else load_run_data(base)
         builder = getattr(executor, "builder", None)
         run_model_factory(base, data, builder)  # a model that cannot work stops here, before any trial
@@ -468,15 +476,13 @@ def sequential_level(initial_seeds: int, max_seeds: int | None, alpha: float = A
 def sequential_decisions(p_values: dict[str, float], equivalence_p_values: dict[str, float], level: float) -> dict[str, str]:
     """At one look: "real" where Holm's step-down at `level` rejects no difference, "equivalent" where the
     two one-sided tests reject a difference of at least the minimum effect at `level`, else "open"."""
-    from statsmodels.stats.multitest import multipletests
+    from lrlab.stats import holm
 
-    decisions = {label: "open" for label in p_values}
-    tested = [label for label, p in p_values.items() if not math.isnan(p)]
-    if tested:
-        rejected = multipletests([p_values[label] for label in tested], alpha=level, method="holm")[0]
-        for label, real in zip(tested, rejected):
-            if real:
-                decisions[label] = "real"
+    labels = list(p_values)
+    decisions = {label: "open" for label in labels}
+    for label, adjusted in zip(labels, holm([p_values[label] for label in labels])):
+        if adjusted < level:
+            decisions[label] = "real"
     for label, p in equivalence_p_values.items():
         if decisions.get(label) == "open" and not math.isnan(p) and p < level:
             decisions[label] = "equivalent"
@@ -489,6 +495,7 @@ def add_seeds(base: RunConfig, variants: list[Variant], seeds: list[int], out: P
     """Rounds of more confirmation seeds for the schedules whose comparison with the baseline is still open."""
     from lrlab.aggregate import aggregate
     from lrlab.grid import run_comparison
+    from lrlab.stats import equivalence_p
 
     counts = looks(len(seeds), settings.max_seeds)
     level = sequential_level(len(seeds), settings.max_seeds)
@@ -504,7 +511,7 @@ def add_seeds(base: RunConfig, variants: list[Variant], seeds: list[int], out: P
         for result in comparison.results:
             if result.label in open_labels and result.difference is not None:
                 p_values[result.label] = result.difference.p_value
-                equivalence[result.label] = equivalence_p_value(result.difference, min_effect)
+                equivalence[result.label] = equivalence_p(result.difference, min_effect)
         decisions = sequential_decisions(p_values, equivalence, level)
         history.append({"seeds": len(all_seeds), "decisions": decisions})
         open_labels = {label for label in open_labels if decisions.get(label, "open") == "open"}
@@ -521,10 +528,6 @@ def add_seeds(base: RunConfig, variants: list[Variant], seeds: list[int], out: P
     write_record(out, {**record, "sequential": {"looks": counts, "level": level, "history": history}})
     return outcomes
 
-
-def equivalence_p_value(difference: Any, min_effect: float) -> float:
-    """The two one-sided tests' p-value that |true difference| >= min_effect, from the difference's own test."""
-    return getattr(difference, "equivalence_p", math.nan)
 
 
 def settings_from_options(trials: Any = None, search: Any = None, tuning_seeds: Any = None, sampler: Any = None,
