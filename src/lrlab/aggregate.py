@@ -113,7 +113,7 @@ class _Runs:
 def _read_runs(out: Path, variant: Variant, seeds: list[int], epochs: int) -> _Runs:
     runs = _Runs(variant, {}, {}, {}, {}, {})
     for seed in seeds:
-        run = RunDirectory(run_path(out, variant.label, seed))
+        run = RunDirectory(run_path(out, variant.folder_name, seed))
         runs.paths[seed] = run.path
         status = run.read_status() if run.path.exists() else {"state": "missing"}
         runs.states[seed] = status.get("state", "missing")

@@ -39,7 +39,8 @@ def variants_from_specs(specs: list[str]) -> list[Variant]:
     labels = [label_for(spec) for spec in specs]
     if len(set(labels)) != len(labels):
         raise UsageError("the same schedule is listed twice; give each schedule once")
-    return [Variant(label, spec) for label, spec in zip(labels, specs)]
+    taken: set[str] = set()
+    return [Variant(label, spec, folder=safe_folder_name(label, taken)) for label, spec in zip(labels, specs)]
 
 
 # Schedules that set their own peak LR, ignoring the optimizer's: an LR sweep sets this argument too.
@@ -97,8 +98,17 @@ def with_folders(arms: list[Variant], out: Path) -> list[Variant]:
             root = None if variant.folder is None else variant.folder.split("/")[0] if variant.arm else variant.folder
             earlier.setdefault(variant.arm_label, root)
     taken = {(root or label).split("/")[0].casefold() for label, root in earlier.items()}
-    return [replace(arm, folder=earlier[arm.label]) if arm.label in earlier else
-            replace(arm, folder=safe_folder_name(arm.label, taken)) for arm in arms]
+    placed = []
+    for arm in arms:
+        if arm.label in earlier:
+            placed.append(replace(arm, folder=earlier[arm.label]))
+        elif arm.folder and arm.folder.casefold() not in taken and safe_folder_name(arm.folder, set()) == arm.folder:
+            # named already (variants_from_specs), shell-safe and free
+            taken.add(arm.folder.casefold())
+            placed.append(arm)
+        else:
+            placed.append(replace(arm, folder=safe_folder_name(arm.label, taken)))
+    return placed
 
 
 def _manifest(out: Path, base: RunConfig, variants: list[Variant], seeds: list[int], baseline: str,
