@@ -11,7 +11,7 @@ from helpers import without_timing
 from lrlab import RunConfig, Trainer, train
 from lrlab.cli import main
 from lrlab.aggregate import Comparison, ScheduleResult, aggregate
-from lrlab.comparison import PRESETS, Variant
+from lrlab.comparison import PRESETS, Variant, safe_folder_name
 from lrlab.grid import (
     at_lr,
     run_comparison,
@@ -43,7 +43,7 @@ def test_grid_writes_one_run_per_schedule_and_seed_with_paired_batches(base, tmp
     # Epoch 1 runs at the same LR under both schedules: same weights, same batches, so identical numbers.
     for seed in (0, 1):
         constant = RunDirectory(out / "constant" / f"seed-{seed}").read_steps()
-        step = RunDirectory(out / "StepLR(1, 0.5)" / f"seed-{seed}").read_steps()
+        step = RunDirectory(out / "StepLR-1-0.5" / f"seed-{seed}").read_steps()  # label StepLR(1, 0.5): a shell-safe folder
         first_epoch = lambda rows: [r["loss"] for r in rows if r["epoch"] == 1]
         assert first_epoch(constant) == first_epoch(step)
     seed_0 = RunDirectory(out / "constant" / "seed-0").read_steps()
@@ -65,11 +65,11 @@ def test_a_comparison_stopped_half_way_continues_where_it_stopped(base, tmp_path
 
     with pytest.raises(KeyboardInterrupt):
         Trainer(run_config(base, variants[1], 0, Path(base.out)), on_epoch=stop_after_first_epoch).fit()
-    half = RunDirectory(Path(base.out) / "CosineAnnealingLR(3)" / "seed-0")
+    half = RunDirectory(Path(base.out) / "CosineAnnealingLR-3" / "seed-0")
     assert len(half.read_metrics()) == 1 and half.read_status()["state"] == "interrupted"
     run_comparison(base, variants, [0], base.out, show_progress=False, runs_per_pass=1)
     assert finished.metrics_path.read_bytes() == finished_bytes  # the finished run was skipped, not redone
-    expected = RunDirectory(Path(reference.out) / "CosineAnnealingLR(3)" / "seed-0").read_metrics()
+    expected = RunDirectory(Path(reference.out) / "CosineAnnealingLR-3" / "seed-0").read_metrics()
     assert without_timing(half.read_metrics()) == without_timing(expected)
 
 
@@ -368,7 +368,7 @@ def test_an_lr_sweep_judges_each_schedule_at_its_best_validation_lr(base, tmp_pa
                  "--out", str(out), "--quiet"]) == 0
     comparison = aggregate(out)
     for result in comparison.results:
-        label = result.label
+        label = safe_folder_name(result.label, set())  # the folder of its runs
         mean_val = {}
         for lr in ("0.005", "0.1"):
             finals = [RunDirectory(out / label / f"lr={lr}" / f"seed-{s}").read_metrics()[-1] for s in (0, 1)]

@@ -180,8 +180,8 @@ def test_compare_with_lr_auto_gives_every_run_the_same_picked_lr(tmp_path, capsy
     assert main(["compare", "--schedules", "constant", "cosine:T_max=2", "--epochs", "2", "--seeds", "0", "--lr", "auto",
                  "--dataset", "digits", "--width", "4", "--out", str(out)]) == 0
     pick = json.loads((out / "lr_find" / "lr_find.json").read_text())["pick"]
-    for label in ("constant", "CosineAnnealingLR(2)"):
-        assert RunDirectory(out / label / "seed-0").read_metrics()[0]["lr"] == pytest.approx(pick, rel=1e-9)
+    for folder in ("constant", "CosineAnnealingLR-2"):
+        assert RunDirectory(out / folder / "seed-0").read_metrics()[0]["lr"] == pytest.approx(pick, rel=1e-9)
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")

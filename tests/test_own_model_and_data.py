@@ -100,7 +100,7 @@ def test_a_dataset_by_module_path_trains_and_compares_from_the_command_line(tmp_
                  "exponential:gamma=0.5", "--seeds", "0", *[a for a in TINY if a != "--quiet"], "--out", str(out)]) == 0
     recorded = yaml.safe_load((out / "constant" / "seed-0" / "config.yaml").read_text())
     assert recorded["dataset"] == "digits_data:load"
-    assert len(RunDirectory(out / "ExponentialLR(0.5)" / "seed-0").read_metrics()) == 2
+    assert len(RunDirectory(out / "ExponentialLR-0.5" / "seed-0").read_metrics()) == 2
     assert "report:" in capsys.readouterr().out
 
 
@@ -254,9 +254,9 @@ def test_your_model_trains_in_one_pass_per_seed_with_the_numbers_it_has_alone(tm
     lrlab.compare(**common, out=str(tmp_path / "pass"), runs_per_pass=2)
     assert "2 of them share a pass" in capfd.readouterr().err
     lrlab.compare(**common, out=str(tmp_path / "alone"), runs_per_pass=1)
-    for label in ("constant", "ExponentialLR(0.5)"):
-        grouped = RunDirectory(tmp_path / "pass" / label / "seed-0").read_metrics()
-        alone = RunDirectory(tmp_path / "alone" / label / "seed-0").read_metrics()
+    for folder in ("constant", "ExponentialLR-0.5"):
+        grouped = RunDirectory(tmp_path / "pass" / folder / "seed-0").read_metrics()
+        alone = RunDirectory(tmp_path / "alone" / folder / "seed-0").read_metrics()
         assert len(grouped) == len(alone) == 2
         for row, expected in zip(grouped, alone):
             assert row["lr"] == expected["lr"]
