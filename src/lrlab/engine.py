@@ -31,7 +31,8 @@ from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError, clip, first_names
 from lrlab.foreach_sgd import ARGUMENTS as FOREACH_SGD_ARGUMENTS
 from lrlab.foreach_sgd import ForeachSGD
-from lrlab.models import check_model, model_arguments, model_factory, training_bytes
+from lrlab.models import (check_model, model_arguments, model_factory, model_source, model_source_change, seed_generators,
+                          training_bytes)
 from lrlab.optimizers import (
     build_optimizer,
     is_schedule_free,
@@ -365,10 +366,30 @@ def run_model_factory(config: RunConfig, data: ImageData, builder: Callable[...,
     once here and tried on blank images (see `models.check_model`).
 
     `builder` is the user's model class or function when it was handed over as a Python object.
+    The check sizes the model on the meta device first, as a run does, so a model too large for
+    the device is refused before it is built.
     """
-    return model_factory(config.model, model_arguments(config.model, config.model_args, config.width, builder is None),
-                         channels=data.channels, image_size=data.image_size, num_classes=data.num_classes, builder=builder,
-                         check=check)
+    factory = model_factory(config.model, model_arguments(config.model, config.model_args, config.width, builder is None),
+                            channels=data.channels, image_size=data.image_size, num_classes=data.num_classes, builder=builder,
+                            check=False)
+    if check:
+        check_footprint(config, data, factory, resolve_device(config.device))
+        checked = check_model(config.model, factory, data.channels, data.image_size, data.num_classes)
+        factory()  # a second build while the first lives: a builder returning one cached model is refused here
+        del checked
+    return factory
+
+
+def check_footprint(config: RunConfig, data: ImageData, build_model: Callable[[], nn.Module], device: torch.device) -> None:
+    """Refuse, before building anything, a model and batch that `device` cannot hold while training."""
+    needed = training_bytes(build_model, data.channels, data.image_size, config.batch_size)
+    available = device_memory_bytes(device)
+    if needed is not None and needed > available:
+        height, width = data.image_size
+        raise UsageError(f"training {config.model} (width {config.width or 'default'}) on {height}x{width} images in "
+                         f"batches of {config.batch_size} needs about {needed / 2**30:,.1f} GiB, more than the "
+                         f"{available / 2**30:,.1f} GiB of {device.type} memory here; give a smaller --width, "
+                         f"--image-size or --batch-size")
 
 
 class Trainer:
@@ -427,13 +448,17 @@ class Trainer:
         }
         self.test_loader = self.evaluation_loaders["test"]
         if len(self.train_loader) == 0:
+            before_validation = min(config.limit_train or len(data.train_labels), len(data.train_labels))
+            fix = (f"lower --val-fraction {config.val_fraction}, which holds the rest out for validation"
+                   if config.val_fraction and before_validation >= 2 else "give --limit-train 2 or more")
             raise UsageError(f"{len(self.data.train_labels)} training image(s) make no batch (a batch needs at least 2, "
-                             f"for BatchNorm); give --limit-train 2 or more")
+                             f"for BatchNorm); {fix}")
         build_model = run_model_factory(config, self.data, builder, check=False)
         self._check_footprint(build_model)
         # The seed fixes the initial weights, so every schedule in a comparison starts alike; the
-        # check runs on the run's own model (in eval mode, on blank images: its weights stay as built).
-        torch.manual_seed(config.seed)
+        # check runs on the run's own model (blank images, eval mode and one training step whose
+        # statistics and generator state are put back: its weights stay as built).
+        seed_generators(config.seed)
         model = check_model(config.model, build_model, self.data.channels, self.data.image_size, self.data.num_classes)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.forward_model = self._data_parallel() if self.ranks.distributed else self.model
@@ -463,15 +488,7 @@ class Trainer:
 
     def _check_footprint(self, build_model: Callable[[], nn.Module]) -> None:
         """Refuse, before building anything, a model and batch that this device cannot hold while training."""
-        config = self.config
-        needed = training_bytes(build_model, self.data.channels, self.data.image_size, config.batch_size)
-        available = device_memory_bytes(self.device)
-        if needed is not None and needed > available:
-            height, width = self.data.image_size
-            raise UsageError(f"training {config.model} (width {config.width or 'default'}) on {height}x{width} images in "
-                             f"batches of {config.batch_size} needs about {needed / 2**30:,.1f} GiB, more than the "
-                             f"{available / 2**30:,.1f} GiB of {self.device.type} memory here; give a smaller --width, "
-                             f"--image-size or --batch-size")
+        check_footprint(self.config, self.data, build_model, self.device)
 
     def range_test(self, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
                    diverge: float = 4.0) -> lrfinder.RangeTest:
@@ -633,6 +650,9 @@ class Trainer:
             if changed:
                 raise UsageError(f"{self.run.path} was started with different {', '.join(changed)}; "
                                  f"resume with the same settings or use another --out")
+            edited = model_source_change(self.config.model, self.run.config_path)
+            if edited:
+                print(f"lrlab: note: {edited}", file=sys.stderr)
 
     def _check_extension(self, started_for: int) -> None:
         """`--resume --epochs N` on a run started for fewer epochs trains it longer, where its schedule
@@ -660,7 +680,8 @@ class Trainer:
                 self.restore(self.run.load_checkpoint(self.run.last_path))
             self.run.truncate_to_epoch(self.epoch)
             if getattr(self, "extended_from", None):  # config.yaml records the run's new length
-                self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
+                self.run.write_text(self.run.config_path,
+                                    config_yaml(self.config, {**versions(), **model_source(self.config.model)}))
                 self.run.append_log(f"extended from {self.extended_from} to {self.config.epochs} epochs")
             recorded = len(self.run.read_metrics())
             if recorded != self.epoch:
@@ -669,7 +690,7 @@ class Trainer:
         else:
             if self.overwrite:
                 self.run.clear()
-            self.run.write_text(self.run.config_path, config_yaml(self.config, versions()))
+            self.run.write_text(self.run.config_path, config_yaml(self.config, {**versions(), **model_source(self.config.model)}))
         distributed.barrier(self.ranks)
 
     def fit(self) -> RunResult:
@@ -715,6 +736,10 @@ class Trainer:
             raise
         except (UsageError, OSError):
             raise
+        except SystemExit as error:  # the user's code called sys.exit(): this run failed, and lrlab says so
+            self.end_failed(error)
+            raise UsageError(f"{self.run.path}: the model's code called sys.exit({error.code!r}) in epoch {self.epoch + 1}; "
+                             f"the run is marked failed") from None
         except Exception as error:
             self.end_failed(error)
             raise

@@ -96,7 +96,8 @@ def train_or_resume(config: RunConfig, threads: int | None = None, take_over_loc
                 Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch, builder=builder).fit()
             except UsageError as error:
                 reason = f"{where}{error}"
-                run.write_status("failed", reason=reason)
+                if run.read_status().get("state") not in ("finished", "diverged"):  # a refusal never touches an ended run
+                    run.write_status("failed", reason=reason)
                 return "failed", reason
             status = run.read_status()
     except RunInUse as error:
@@ -261,6 +262,19 @@ def import_ray() -> Any:
     return ray
 
 
+def _unreachable(address: str | None, seconds: float = 10) -> str | None:
+    """Why nothing answers at a Ray address written HOST:PORT (or ray://HOST:PORT), within `seconds`;
+    None when something does, or for any other address (`auto`, none)."""
+    host, colon, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not (host and colon and port.isdigit()):
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
+
+
 class RayTasks:
     """Each run a Ray task with its own CPU (and GPU) request; joins `address`, or starts a local Ray."""
 
@@ -275,6 +289,10 @@ class RayTasks:
         ray = self.ray
         started_here = not ray.is_initialized()
         if started_here:
+            unreachable = _unreachable(self.address)
+            if unreachable:  # ray.init would retry for minutes
+                raise UsageError(f"cannot join the Ray cluster at {self.address} ({unreachable}); "
+                                 f"start it with `ray start --head` or drop --ray-address")
             try:
                 ray.init(address=self.address, include_dashboard=False, logging_level="WARNING")
             except ConnectionError as error:

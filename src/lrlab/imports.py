@@ -87,9 +87,9 @@ def _import_file(path: Path, what: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as error:  # the user's code: any failure is theirs to fix, in one line
+    except (Exception, SystemExit) as error:  # the user's code: any failure is theirs to fix, in one line
         del sys.modules[name]
-        raise UsageError(f"{what}: importing {path} failed: {_one_line(error)}") from None
+        raise UsageError(f"{what}: importing {path} failed: {_one_line(error)}{_exit_hint(error)}") from None
     _imported[key] = module
     return module
 
@@ -100,8 +100,27 @@ def _import_module(where: str, text: str, what: str) -> Any:
     except ModuleNotFoundError as error:
         raise UsageError(f"{what} {text!r}: no module named {error.name!r} "
                          f"(is the package installed, or is its folder on PYTHONPATH?)") from None
-    except Exception as error:
-        raise UsageError(f"{what} {text!r}: importing {where} failed: {_one_line(error)}") from None
+    except (Exception, SystemExit) as error:
+        raise UsageError(f"{what} {text!r}: importing {where} failed: {_one_line(error)}{_exit_hint(error)}") from None
+
+
+def source_digest(text: str) -> str | None:
+    """The sha256 of the file defining import path `text` (`nets.py:Net`, `package.module:Net`); None for
+    any other name, or a file that cannot be found or read."""
+    if not is_import_path(text):
+        return None
+    where = text.partition(":")[0]
+    try:
+        path = Path(where).expanduser() if where.endswith(".py") else Path(importlib.util.find_spec(where).origin)
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except (Exception, SystemExit):  # noqa: BLE001 - no digest; the import itself reports what is wrong
+        return None
+
+
+def _exit_hint(error: BaseException) -> str:
+    """For a module that exits when imported (a script's argparse reading lrlab's command line, say)."""
+    return " (the module called sys.exit when imported; put its script part under if __name__ == '__main__':)" \
+        if isinstance(error, SystemExit) else ""
 
 
 def _one_line(error: BaseException) -> str:

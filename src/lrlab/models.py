@@ -4,6 +4,8 @@ classifier, and the user's own, `file.py:Name` or `package.module:Name`, all beh
 from __future__ import annotations
 
 import functools
+import random
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -154,10 +156,62 @@ def model_factory(
     except ValueError:  # a callable whose signature Python cannot read: let the call itself complain
         pass
     shape = {"channels": channels, "image_size": image_size, "num_classes": num_classes}
-    factory = functools.partial(builder, **{k: shape[k] for k in filled}, **arguments)
+    factory = _fresh_each_call(name, functools.partial(builder, **{k: shape[k] for k in filled}, **arguments))
     if check:
         check_model(name, factory, channels, image_size, num_classes)
     return factory
+
+
+# Every model a factory has returned in this process and that is still alive: a builder that returns one
+# of these again (a cached instance) would start a run from another run's trained weights.
+_BUILT: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _fresh_each_call(name: str, factory: Callable[[], Any]) -> Callable[[], Any]:
+    """`factory`, refusing a model it returned before: every run must start from its own fresh weights."""
+
+    def build() -> Any:
+        model = factory()
+        if isinstance(model, nn.Module):
+            if model in _BUILT:
+                raise UsageError(f"model {name!r} returned a model object it had returned before (a cached instance?); it "
+                                 f"should build a new model on every call, or each run would start from another run's weights")
+            _BUILT.add(model)
+        return model
+
+    return build
+
+
+MODEL_SOURCE = "model_source_sha256"  # in config.yaml's versions: the user's model file the run started with
+
+
+def model_source(name: str) -> dict[str, str]:
+    """For config.yaml's versions: the sha256 of the file that defines model `name`, when it is the user's."""
+    digest = imports.source_digest(name)
+    return {MODEL_SOURCE: digest} if digest else {}
+
+
+def model_source_change(name: str, config_path: Any) -> str | None:
+    """What to tell a user resuming a run whose model file has changed since config.yaml was written; None if it has not."""
+    from lrlab.config import read_yaml_mapping
+
+    saved = read_yaml_mapping(config_path).get("versions")
+    saved = saved.get(MODEL_SOURCE) if isinstance(saved, dict) else None
+    now = imports.source_digest(name)
+    if saved and now and saved != now:
+        return (f"{name.partition(':')[0]} has changed since this run started (its sha256 differs from the one in "
+                f"config.yaml); the epochs left train the edited model")
+    return None
+
+
+def seed_generators(seed: int) -> None:
+    """Seed torch's, numpy's and Python's generators: a model that draws its initial weights from any of
+    them starts alike for one seed."""
+    import numpy
+
+    torch.manual_seed(seed)
+    numpy.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def check_model(name: str, factory: Callable[[], Any], channels: int, image_size: tuple[int, int],
@@ -168,21 +222,55 @@ def check_model(name: str, factory: Callable[[], Any], channels: int, image_size
         model = factory()
     except UsageError:
         raise
-    except Exception as error:  # the user's code: say which model and what went wrong, in one line
+    except (Exception, SystemExit) as error:  # the user's code (sys.exit too): which model, what went wrong, one line
         raise UsageError(f"model {name!r} could not be built: {type(error).__name__}: {_first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"model {name!r} returned a {type(model).__name__}, not an nn.Module")
     try:
         with torch.no_grad():
             logits = model.eval()(torch.zeros(2, channels, *image_size))
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise UsageError(f"model {name!r} does not accept {channels}x{image_size[0]}x{image_size[1]} images "
                          f"({_first_line(error)}); try --image-size") from None
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise UsageError(f"model {name!r} should return logits of shape (batch, {num_classes}) for this data set's "
-                         f"{num_classes} classes, but returned {got} for a batch of 2")
+    _check_logits(name, logits, num_classes, "")
+    _check_training_step(name, model, channels, image_size, num_classes)
     return model.train()
+
+
+def _check_logits(name: str, logits: Any, num_classes: int, mode: str) -> None:
+    if not isinstance(logits, torch.Tensor):
+        hint = (" (torchvision's googlenet and inception_v3 add auxiliary outputs: --model-args aux_logits=False)"
+                if isinstance(logits, tuple) else "")
+        raise UsageError(f"model {name!r} returned a {type(logits).__name__}{mode}, not a tensor of logits{hint}")
+    if tuple(logits.shape) != (2, num_classes):
+        raise UsageError(f"model {name!r} should return logits of shape (batch, {num_classes}) for this data set's "
+                         f"{num_classes} classes, but returned {tuple(logits.shape)}{mode} for a batch of 2")
+    if not logits.is_floating_point():
+        raise UsageError(f"model {name!r} returned logits of type {str(logits.dtype).removeprefix('torch.')}{mode}; "
+                         f"the loss needs floating-point logits")
+
+
+def _check_training_step(name: str, model: nn.Module, channels: int, image_size: tuple[int, int], num_classes: int) -> None:
+    """One training step's forward, loss and backward on two blank images: a model that cannot train
+    ends here with one line. The model comes back as it was: its BatchNorm statistics, its gradients
+    (none) and the random generator (dropout draws from it) are restored."""
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        raise UsageError(f"model {name!r} has no parameter to train (none, or all frozen with requires_grad=False)")
+    saved = {key: buffer.clone() for key, buffer in model.named_buffers()}
+    with torch.random.fork_rng(devices=[]):
+        try:
+            logits = model.train()(torch.zeros(2, channels, *image_size))
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's code: one line saying what failed
+            raise UsageError(f"model {name!r} fails in training mode ({_first_line(error)})") from None
+        _check_logits(name, logits, num_classes, " in training mode")
+        try:
+            nn.functional.cross_entropy(logits.float(), torch.zeros(2, dtype=torch.long)).backward()
+        except (Exception, SystemExit) as error:  # noqa: BLE001
+            raise UsageError(f"model {name!r}: its loss cannot be backpropagated ({_first_line(error)})") from None
+    with torch.no_grad():
+        for key, buffer in model.named_buffers():
+            buffer.copy_(saved[key])
+    model.zero_grad(set_to_none=True)
 
 
 def _first_line(error: BaseException) -> str:
@@ -227,7 +315,7 @@ def training_bytes(factory: Callable[[], nn.Module], channels: int, image_size: 
                 model(torch.zeros(1, channels, *image_size))
     except UsageError:
         raise
-    except Exception:  # noqa: BLE001 - a model that cannot be sized without memory is simply built
+    except (Exception, SystemExit):  # noqa: BLE001 - a model that cannot be sized without memory is simply built
         return None
     parameters = sum(p.numel() for p in model.parameters())
     return 4 * (4 * parameters + batch_size * sum(outputs))

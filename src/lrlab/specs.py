@@ -147,9 +147,12 @@ def check_arguments(
     parameters = dict(inspect.signature(target).parameters)
     reserved = set(filled_by_lrlab)
     known = [n for n, p in parameters.items() if n not in reserved and p.kind is not p.VAR_KEYWORD]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())  # **kwargs: any keyword is the callable's to judge
     for key, value in arguments.items():
         if key in reserved:
             raise UsageError(f"{context}: {key!r} is set by lrlab and cannot be given")
+        if key not in known and takes_any:
+            continue
         if key not in parameters:
             raise UsageError(
                 f"{context}: unknown argument {key!r}{suggestion(key, known)}; "

@@ -20,7 +20,9 @@ from PIL import Image
 from lrlab import imports
 from lrlab.config import memory_budget_bytes
 from lrlab.data.base import ImageData, resize_images, sampled_statistics
-from lrlab.errors import UsageError
+from lrlab.errors import UsageError, clip, first_names
+
+MAX_CLASSES = 100_000  # a label past this is a mistake (an id, a pixel value), not a class count
 
 
 def load(path: str, image_size: int | None = None, memory_budget: str | None = None) -> ImageData:
@@ -32,7 +34,7 @@ def load(path: str, image_size: int | None = None, memory_budget: str | None = N
         splits = make()
     except UsageError:
         raise
-    except Exception as error:  # the user's code: one line saying where it failed
+    except (Exception, SystemExit) as error:  # the user's code (sys.exit too): one line saying where it failed
         raise UsageError(f"--dataset {path!r}: calling it failed: {type(error).__name__}: {str(error).strip()[:200]}") from None
     return from_datasets(splits, path, image_size=image_size, memory_budget=memory_budget)
 
@@ -44,7 +46,12 @@ def from_datasets(splits: Any, name: str, *, image_size: int | None = None, memo
                          f"(with __len__ and __getitem__), got {_describe(splits)}")
     train, test = splits
     for split, dataset in (("training", train), ("test", test)):
-        if len(dataset) < 1:
+        try:
+            size = len(dataset)
+        except (Exception, SystemExit) as error:  # a __len__ returning -1 or a float, or failing
+            raise UsageError(f"data set {name!r}: len() of the {split} set failed ({type(error).__name__}: {clip(error, 120)}); "
+                             f"__len__ should return the number of items") from None
+        if size < 1:
             raise UsageError(f"data set {name!r}: the {split} set is empty")
     first = _image(train, 0, "training", name)
     size = (image_size, image_size) if image_size else tuple(first.shape[1:])
@@ -59,12 +66,34 @@ def from_datasets(splits: Any, name: str, *, image_size: int | None = None, memo
     read = [_streamed(d, split, name, kind, image_size) if stream else _in_memory(d, split, name, kind, image_size)
             for d, split in ((train, "training"), (test, "test"))]
     (train_images, train_labels), (test_images, test_labels) = read
-    count = int(max(train_labels.max(), test_labels.max())) + 1
+    count = _class_count(name, train_labels, test_labels)
     classes = getattr(train, "classes", None)
     if not (isinstance(classes, Sequence) and len(classes) >= count and all(isinstance(c, str) for c in classes)):
         classes = [str(label) for label in range(count)]
     return ImageData(name, train_images, train_labels, test_images, test_labels, list(classes), name,
                      flip_makes_sense=True, statistics=sampled_statistics(train_images))
+
+
+def _class_count(name: str, train_labels: torch.Tensor, test_labels: torch.Tensor) -> int:
+    """How many outputs the model needs for these labels (the largest label + 1); refuses a label no
+    class count could mean, and notes labels that leave classes empty or occur in the test set only."""
+    for split, labels in (("training", train_labels), ("test", test_labels)):
+        if int(labels.max()) >= MAX_CLASSES:
+            raise UsageError(f"data set {name!r}: item {int(labels.argmax())} of the {split} set has label {int(labels.max()):,}; "
+                             f"labels should number the classes 0, 1, 2, ... (at most {MAX_CLASSES:,} classes)")
+    trained = set(torch.unique(train_labels).tolist())
+    tested = set(torch.unique(test_labels).tolist())
+    count = max(max(trained), max(tested)) + 1
+    empty = sorted(set(range(count)) - trained - tested)
+    if empty:
+        print(f"lrlab: note: data set {name!r} has labels up to {count - 1} but none labelled "
+              f"{first_names([str(label) for label in empty], 5)}: the model gets {count} outputs, {len(empty)} of them for "
+              f"classes that never occur; number the classes 0 to {len(trained | tested) - 1} without gaps", file=sys.stderr)
+    untrained = sorted(tested - trained)
+    if untrained:
+        print(f"lrlab: note: data set {name!r}: label(s) {first_names([str(label) for label in untrained], 5)} occur in the "
+              f"test set only, so no run can learn them", file=sys.stderr)
+    return count
 
 
 def _is_dataset(thing: Any) -> bool:
@@ -80,7 +109,7 @@ def _describe(thing: Any) -> str:
 def _item(dataset: Any, index: int, split: str, name: str) -> tuple[Any, Any]:
     try:
         item = dataset[index]
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise UsageError(f"data set {name!r}: reading item {index} of the {split} set failed: "
                          f"{type(error).__name__}: {str(error).strip()[:200]}") from None
     if not (isinstance(item, (tuple, list)) and len(item) == 2):
@@ -102,7 +131,10 @@ def _as_image(image: Any, where: str) -> torch.Tensor:
     if image.dtype == torch.uint8:
         return image
     if image.dtype.is_floating_point:
-        return image.float()
+        image = image.float()
+        if not torch.isfinite(image).all():
+            raise UsageError(f"{where}: the image holds NaN or infinite values; fix or drop it")
+        return image
     raise UsageError(f"{where}: the image is {image.dtype}; give uint8 (0-255) or float images")
 
 
