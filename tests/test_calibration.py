@@ -286,7 +286,7 @@ def test_a_report_of_runs_a_hundredth_of_a_point_apart_completes_and_says_what_i
     assert lines[1] == "- steady: better, +1.00 points (95% interval +0.98 to +1.02, 3 seeds)."
     assert lines[2].startswith("- twin: not enough spread to judge: every one of 3 seeds differs by the same +0.01 points")
     assert "nan" not in "".join(lines) and "100" not in "".join(lines)
-    assert "test images only where the runs recorded per-image correctness" in lines[-1]
+    assert "seeds only: these runs recorded no per-image correctness (correct.npz)" in lines[-1]
     steady = next(r for r in comparison.results if r.label == "steady")
     assert steady.seed_plan.limited_by == "" and steady.seed_plan.seeds == 3  # the fewest the verdict judges on
     assert (tmp_path / "cmp" / "plots" / "paired_difference.png").exists()
@@ -334,7 +334,7 @@ def test_each_schedule_gets_one_line_better_worse_equivalent_or_undecided_with_w
     assert lines[1].startswith("- up: better, +2.00 points (")
     assert lines[2].startswith("- down: worse, -2.00 points (")
     assert lines[3].startswith("- same: equivalent within ±0.5 points, +0.00 points (")
-    assert lines[4].startswith("- close: undecided, +0.12 points (") and "seeds on this test set would tell a 0.5-point difference" in lines[4]
+    assert lines[4].startswith("- close: undecided, +0.12 points (") and "more) on this test set would tell a 0.5-point difference" in lines[4]
     assert lines[5].startswith("- wild: undecided") and lines[5].endswith("more than 100 seeds would be needed to tell a 0.5-point difference at this spread.")
 
 

@@ -207,9 +207,12 @@ def _what_would_decide(result: ScheduleResult, comparison: Comparison) -> str:
                 f"seeds are run; only a larger test set would")
     if plan.limited_by == "seeds":
         return f"more than {MAX_SEEDS} seeds would be needed to tell a {effect} difference at this spread"
+    if plan.seeds and plan.seeds > result.difference.n:
+        return (f"{plan.seeds} seeds in all ({plan.seeds - result.difference.n} more) on this test set would tell a "
+                f"{effect} difference with {100 * plan.power:.0f}% expected power")
     if plan.seeds:
-        return (f"{plan.seeds} seeds on this test set would tell a {effect} difference with {100 * plan.power:.0f}% "
-                f"expected power")
+        return (f"a {effect} difference would likely ({100 * plan.power:.0f}%) have shown with these seeds, so a "
+                f"difference is probably smaller; a smaller one needs more seeds")
     return ""
 
 
@@ -273,9 +276,11 @@ def verdict(comparison: Comparison) -> str:
         holm = (f"Holm's correction over the {len(judged)} comparisons with {base}: each interval is at the level its "
                 f"step was judged at, so it excludes zero exactly when the difference is called real"
                 if len(judged) > 1 else "a 95% interval and p < 0.05")
-        counted = ("seeds and test images both counted" if all(r.difference.variance and r.difference.variance.images
-                                                                 for r in judged)
-                   else "seeds counted; test images only where the runs recorded per-image correctness (correct.npz)")
+        with_images = [bool(r.difference.variance and r.difference.variance.images) for r in judged]
+        counted = ("seeds and test images both counted" if all(with_images) else
+                   "seeds only: these runs recorded no per-image correctness (correct.npz), so the draw of the test "
+                   "images is not in the intervals" if not any(with_images) else
+                   "seeds, and test images where the runs recorded per-image correctness (correct.npz)")
         detail.append(f"Differences are final test accuracy minus {base}'s, paired by seed and test image ({counted}); "
                       f"better or worse means {holm}; equivalent means that interval lies within ±"
                       f"{100 * comparison.min_effect:g} points (--min-effect).")
