@@ -219,8 +219,10 @@ def _what_would_decide(result: ScheduleResult, comparison: Comparison) -> str:
 def _verdict_line(result: ScheduleResult, comparison: Comparison) -> str:
     """One line: the schedule, its judgement, and what stands behind it or would decide it."""
     kind, diff, label = judgement(result, comparison), result.difference, result.label
-    if kind in ("no finished seed", "no paired seeds"):
-        return f"- {label}: no judgement ({kind} with {comparison.baseline})."
+    if kind == "no finished seed":
+        return f"- {label}: no finished seed to judge."
+    if kind == "no paired seeds":
+        return f"- {label}: no seed finished for both it and {comparison.baseline}, so there is nothing to pair."
     seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
     if kind == "too few seeds":
         decide = "; ".join(filter(None, ["no interval from one seed" if diff.n < 2 else "",
