@@ -228,6 +228,8 @@ def test_more_seeds_go_only_to_the_schedules_still_undecided_at_the_last_look(tm
     added = [s for s in manifest["seeds"] if s not in (0, 1, 2)]
     assert not set(added) & {100}  # never a tuning seed
     assert added
+    # The report judges at the per-look level too, and says why.
+    assert "judged at 2.5%" in (out / "summary.md").read_text()
     for label, seeds in trained.items():
         assert seeds == ([0, 1, 2, *added] if label == "constant" or label in undecided else [0, 1, 2]), (label, first_look)
 

@@ -16,6 +16,7 @@ from lrlab.comparison import DEFAULT_MIN_EFFECT, MANIFEST, Variant, read_manifes
 from lrlab.config import config_from_dict
 from lrlab.runs import RunDirectory
 from lrlab.stats import (
+    ALPHA,
     PairedDifference,
     SeedPlan,
     Summary,
@@ -87,6 +88,7 @@ class Comparison:
     selected_on: str = "validation"  # what chose each run's best epoch and LR: "validation", or "test" (the article's protocol)
     min_effect: float = DEFAULT_MIN_EFFECT  # the smallest difference the user cares about (accuracy, 0-1)
     test_images: int = 0  # in the test set every run shares (0 when no run recorded it)
+    alpha: float = ALPHA  # the level every difference is judged at: 5%, less after a study's sequential looks
 
     @property
     def lrs(self) -> list[float]:
@@ -205,7 +207,8 @@ def aggregate(out: str | Path) -> Comparison:
             picked_lr=runs.variant.lr, sweep=points,
         ))
     differences = [r.difference for r in results if r.difference]
-    adjusted = iter(holm_adjusted(differences))
+    alpha = study_level(out)
+    adjusted = iter(holm_adjusted(differences, alpha))
     for result in results:
         if result.difference:
             result.difference = next(adjusted)
@@ -215,7 +218,17 @@ def aggregate(out: str | Path) -> Comparison:
                         for c in r.correct.values() if "final_test" in c), 0)
     return Comparison(out, baseline, target, base.epochs, manifest["base_config"], results,
                       selected_on="validation" if base.val_fraction > 0 else "test", min_effect=min_effect,
-                      test_images=test_images)
+                      test_images=test_images, alpha=alpha)
+
+
+def study_level(out: Path) -> float:
+    """The level a comparison's differences are judged at: 5%, or a study's per-look level when it
+    added seeds in rounds and looked after each (lrlab.study.sequential_level)."""
+    from lrlab.tuning import read_record
+
+    record = read_record(out) or {}
+    level = record.get("sequential", {}).get("level")
+    return level if isinstance(level, float) and 0 < level <= ALPHA else ALPHA
 
 
 def _correct(runs: _Runs | None, seeds: list[int], name: str) -> list | None:

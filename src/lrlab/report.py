@@ -167,7 +167,7 @@ def judgement(result: ScheduleResult, comparison: Comparison) -> str:
     if math.isnan(low):
         return "no spread"
     # Holm's p and its interval agree (holm_adjusted makes them so); a difference built by hand may carry only the p.
-    if (diff.p_adjusted < ALPHA) if not math.isnan(diff.p_adjusted) else (low > 0 or high < 0):
+    if (diff.p_adjusted < comparison.alpha) if not math.isnan(diff.p_adjusted) else (low > 0 or high < 0):
         return "better" if diff.mean > 0 else "worse"
     if -comparison.min_effect < low and high < comparison.min_effect:
         return "equivalent"
@@ -333,6 +333,10 @@ def notes(comparison: Comparison) -> list[str]:
     """What to know before reading the table: arms that were the same run, what `lrlab doctor` says of
     each schedule over this run, and LRs picked at the edge of an LR grid."""
     found = []
+    if comparison.alpha < ALPHA:
+        found.append(f"Seeds were added in rounds where a comparison was undecided (--max-seeds), with a look after each "
+                     f"round; so that looking often cannot make a false difference likelier, every difference here is "
+                     f"judged at {100 * comparison.alpha:.3g}% (5% over the looks), Holm's correction on top.")
     for label, earlier in same_lr_arms(comparison).items():
         found.append(f"{label} ran the same LR as {earlier} at every step, with the same optimizer: the two are the same "
                      f"run, so their results are identical and not a finding (drawn dashed in the plots).")
