@@ -13,7 +13,8 @@ import pytest
 
 from lrlab import report
 from lrlab.grid import run_comparison, variants_from_specs
-from lrlab.report import build_report, notes
+from lrlab.aggregate import aggregate
+from lrlab.report import build_report, notes, write_plots
 from lrlab import RunConfig
 
 CHROMIUM = shutil.which("chromium")
@@ -22,9 +23,9 @@ PLATEAU_THAT_NEVER_CUTS = "plateau:mode=min,factor=0.5,patience=1"
 
 @pytest.fixture(scope="module")
 def comparison_folder(tmp_path_factory):
-    """Four short runs: a constant LR and a plateau that never cuts it (the same run), each at two LRs."""
+    """Four one-epoch runs: a constant LR and a plateau that cannot cut it (the same run), each at two LRs."""
     out = tmp_path_factory.mktemp("report") / "cmp"
-    base = RunConfig(dataset="digits", model="mlp", width=4, epochs=2, batch_size=64, limit_train=256,
+    base = RunConfig(dataset="digits", model="mlp", width=4, epochs=1, batch_size=64, limit_train=256,
                      optimizer="sgd:lr=0.05,momentum=0.9", out=str(out), quiet=True, device="cpu")
     variants = variants_from_specs(["constant", PLATEAU_THAT_NEVER_CUTS])
     run_comparison(base, variants, [0], str(out), show_progress=False, lrs=[0.02, 0.1])
@@ -33,7 +34,7 @@ def comparison_folder(tmp_path_factory):
 
 
 def test_an_arm_that_ran_the_same_lr_as_another_is_flagged_everywhere(comparison_folder):
-    comparison = build_report(comparison_folder)
+    comparison = aggregate(comparison_folder)
     plateau = next(r.label for r in comparison.results if r.schedule == PLATEAU_THAT_NEVER_CUTS)
     flagged = [n for n in notes(comparison) if "same LR as constant" in n]
     assert len(flagged) == 1 and flagged[0].startswith(plateau)
@@ -44,12 +45,12 @@ def test_an_arm_that_ran_the_same_lr_as_another_is_flagged_everywhere(comparison
 def test_doctors_notes_are_in_the_report_and_the_summary(comparison_folder):
     for name in ("summary.md", "report.html"):
         text = html.unescape((comparison_folder / name).read_text())
-        assert "lrlab doctor on" in text and "patience=1 leaves it at most 1 chance to cut the LR" in text
+        assert "lrlab doctor on" in text and "patience=1 leaves it at most 0 chances to cut the LR" in text
 
 
 def test_an_lr_picked_at_the_edge_of_the_grid_says_to_extend_it(comparison_folder):
     # With two LRs every pick is at an edge; both arms are the same run, so they pick alike.
-    comparison = build_report(comparison_folder)
+    comparison = aggregate(comparison_folder)
     [picked] = {r.picked_lr for r in comparison.results}
     [edge] = [n for n in notes(comparison) if "of the grid" in n]
     if picked == 0.1:
@@ -75,7 +76,7 @@ def test_plot_titles_stay_inside_and_legends_stay_outside_the_data(comparison_fo
         return save(figure, folder, name)
 
     monkeypatch.setattr(report, "_save", checking_save)
-    build_report(comparison_folder)
+    write_plots(aggregate(comparison_folder))
     assert {"lr_by_epoch", "test_acc", "final_acc", "acc_vs_lr"} <= set(checked)
 
 
