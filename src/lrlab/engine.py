@@ -663,7 +663,7 @@ class Trainer:
         why = parse_schedule(self.config.schedule).depends_on_run_length
         if why:
             raise UsageError(f"{self.run.path} cannot be trained longer: its schedule {self.config.schedule!r} depends on "
-                             f"the run's length ({why}), so its first {started_for} epochs would not be those of a "
+                             f"the run's length ({why}), so its first {started_for} epoch{'s' if started_for != 1 else ''} would not be those of a "
                              f"{self.config.epochs}-epoch run; train a new run with --epochs {self.config.epochs}")
         self.extended_from = started_for
 
