@@ -7,8 +7,10 @@ is imported once per process; a file's folder goes on `sys.path` so that its own
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
 import importlib.util
 import re
 import sys
@@ -85,23 +87,30 @@ def _import_file(path: Path, what: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    printed = io.StringIO()
     try:
-        spec.loader.exec_module(module)
+        with contextlib.redirect_stderr(printed):  # a script's argparse error would read as lrlab's own
+            spec.loader.exec_module(module)
     except (Exception, SystemExit) as error:  # the user's code: any failure is theirs to fix, in one line
         del sys.modules[name]
-        raise UsageError(f"{what}: importing {path} failed: {_one_line(error)}{_exit_hint(error)}") from None
+        raise UsageError(f"{what}: importing {path} failed: {_one_line(error)}{_exit_hint(error, printed)}") from None
+    sys.stderr.write(printed.getvalue())  # what a module that imported fine printed is the user's to see
     _imported[key] = module
     return module
 
 
 def _import_module(where: str, text: str, what: str) -> Any:
+    printed = io.StringIO()
     try:
-        return importlib.import_module(where)
+        with contextlib.redirect_stderr(printed):
+            module = importlib.import_module(where)
     except ModuleNotFoundError as error:
         raise UsageError(f"{what} {text!r}: no module named {error.name!r} "
                          f"(is the package installed, or is its folder on PYTHONPATH?)") from None
     except (Exception, SystemExit) as error:
-        raise UsageError(f"{what} {text!r}: importing {where} failed: {_one_line(error)}{_exit_hint(error)}") from None
+        raise UsageError(f"{what} {text!r}: importing {where} failed: {_one_line(error)}{_exit_hint(error, printed)}") from None
+    sys.stderr.write(printed.getvalue())
+    return module
 
 
 def source_digest(text: str) -> str | None:
@@ -117,10 +126,14 @@ def source_digest(text: str) -> str | None:
         return None
 
 
-def _exit_hint(error: BaseException) -> str:
-    """For a module that exits when imported (a script's argparse reading lrlab's command line, say)."""
-    return " (the module called sys.exit when imported; put its script part under if __name__ == '__main__':)" \
-        if isinstance(error, SystemExit) else ""
+def _exit_hint(error: BaseException, printed: io.StringIO) -> str:
+    """For a module that exits when imported (a script's argparse reading lrlab's command line, say):
+    the fix, and the last line it printed."""
+    if not isinstance(error, SystemExit):
+        return ""
+    said = printed.getvalue().strip().splitlines()
+    return (" (it called sys.exit when imported; put its script part under if __name__ == '__main__':"
+            + (f"; it said: {said[-1][:120]}" if said else "") + ")")
 
 
 def _one_line(error: BaseException) -> str:
