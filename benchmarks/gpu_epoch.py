@@ -1,9 +1,9 @@
 """Seconds per epoch on one device, in one run: the quickstart loop (DataLoader workers 0 and 8),
-Lightning, and lrlab with and without CUDA-graph capture of the training step.
+Lightning, and lrlab.
 
 All train lrlab's `cnn` (width 32) on Fashion-MNIST with batch 128 and SGD (lr 0.05, momentum 0.9,
 weight decay 5e-4), the article's StepLR run. Each loop trains `--epochs` epochs; the first is a
-warm-up (cuDNN autotuning, worker start-up, the graph capture) and is left out of the median.
+warm-up (cuDNN autotuning, worker start-up) and is left out of the median.
 The peers' figure is the training epoch alone; lrlab's is its whole epoch (evaluation over the
 10,000 test images and both checkpoints included), so the comparison does not favour lrlab.
 
@@ -72,11 +72,11 @@ def lightning_epochs(arguments: argparse.Namespace, root: Path) -> list[float] |
     return seconds
 
 
-def lrlab_epochs(arguments: argparse.Namespace, graph_capture: str, scratch: Path) -> list[float]:
+def lrlab_epochs(arguments: argparse.Namespace, scratch: Path) -> list[float]:
     config = RunConfig(dataset="fashion-mnist", model="cnn", width=arguments.width, batch_size=arguments.batch_size,
                        optimizer=f"sgd:lr={LR},momentum=0.9,weight_decay=5e-4", schedule="step:step_size=5,gamma=0.5",
                        epochs=arguments.epochs, limit_train=arguments.limit, device=arguments.device,
-                       graph_capture=graph_capture, out=str(scratch / f"lrlab-{graph_capture}"), quiet=True)
+                       out=str(scratch / "lrlab"), quiet=True)
     train(config, overwrite=True)
     return [row["seconds"] for row in RunDirectory(config.out).read_metrics()]
 
@@ -110,10 +110,8 @@ def main() -> None:
         "quickstart loop, workers 0": lambda: quickstart_epochs(arguments, root, 0),
         "quickstart loop, workers 8 (pinned on CUDA)": lambda: quickstart_epochs(arguments, root, 8),
         "Lightning (workers 8)": lambda: lightning_epochs(arguments, root),
-        "lrlab, graph capture off": lambda: lrlab_epochs(arguments, "off", scratch),
+        "lrlab": lambda: lrlab_epochs(arguments, scratch),
     }
-    if arguments.device == "cuda":
-        loops["lrlab, graph capture on (default)"] = lambda: lrlab_epochs(arguments, "on", scratch)
     medians = {}
     for name, measure in loops.items():
         seconds = measure()

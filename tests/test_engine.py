@@ -248,7 +248,7 @@ def test_cuda_run_uses_bf16_and_channels_last_and_learns(tiny_config):
     assert trainer.fit().final_test_acc > 0.5
 
 
-def device_waits_in_an_epoch(trainer: Trainer, epoch: int, graphed: bool) -> int:
+def device_waits_in_an_epoch(trainer: Trainer, epoch: int) -> int:
     """How often one training epoch makes the host wait for the GPU (torch's sync debug mode counts)."""
     trainer.train_loader.set_epoch(epoch)
     with warnings.catch_warnings(record=True) as caught:
@@ -256,8 +256,7 @@ def device_waits_in_an_epoch(trainer: Trainer, epoch: int, graphed: bool) -> int
         torch.cuda.set_sync_debug_mode("warn")
         try:
             train_one_epoch(trainer.train_loader, trainer.model, trainer.loss_fn, trainer.optimizer, trainer.schedule,
-                            first_step=trainer.schedule.step_count, autocast=trainer.autocast, check_every=10**6,
-                            graphed=trainer.graphed_step if graphed else None)
+                            first_step=trainer.schedule.step_count, autocast=trainer.autocast, check_every=10**6)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return len([w for w in caught if "synchroniz" in str(w.message)])
@@ -265,17 +264,10 @@ def device_waits_in_an_epoch(trainer: Trainer, epoch: int, graphed: bool) -> int
 
 @CUDA_ONLY
 def test_a_cuda_epoch_waits_for_the_device_only_at_its_end(tiny_config):
-    trainer = Trainer(tiny_config(device="cuda", augment="crop", epochs=1, graph_capture="off"))
+    trainer = Trainer(tiny_config(device="cuda", augment="crop", epochs=1))
     assert trainer.train_loader.images.is_cuda and trainer.use_bf16 and trainer.channels_last
     # The epoch's totals and losses are read once, at its end: no wait per step.
-    assert device_waits_in_an_epoch(trainer, 1, graphed=False) <= 6 < trainer.steps_per_epoch
-
-
-@CUDA_ONLY
-def test_a_captured_cuda_epoch_waits_for_the_device_only_at_its_end(tiny_config):
-    trainer = Trainer(tiny_config(device="cuda", augment="crop", epochs=2, graph_capture="on"))
-    device_waits_in_an_epoch(trainer, 1, graphed=True)  # warms up and captures
-    assert device_waits_in_an_epoch(trainer, 2, graphed=True) <= 6 < trainer.steps_per_epoch
+    assert device_waits_in_an_epoch(trainer, 1) <= 6 < trainer.steps_per_epoch
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")

@@ -44,8 +44,6 @@ HELP = {
     "precision": "auto (bf16 autocast on CPU and CUDA, fp32 on MPS), fp32 or bf16",
     "channels_last": "channels-last memory format (default: on for CPU and CUDA)",
     "deterministic": "bit-identical results on CUDA too (slower there; the CPU is deterministic already)",
-    "graph_capture": "on: replay each full batch's training step from a captured CUDA graph (CUDA, plain sgd, no torchrun; "
-                     "not yet measured on a GPU, so opt-in); auto and off: the eager step",
     "device": "auto, cpu, cuda or mps",
     "data_dir": "folder to look for data files in first (also $LRLAB_DATA)",
     "out": "run directory",

@@ -20,7 +20,6 @@ from lrlab.specs import parse_arguments, suggestion
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-GRAPH_CAPTURE = ("auto", "on", "off")
 AUGMENTATIONS = ("none", "flip", "crop+flip", "crop")
 DEFAULT_BUDGET_FRACTION = 0.25
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -32,8 +31,10 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH_SIZE = 2**20
 MAX_CONFIG_BYTES = 1_000_000
 # Fields that change how a run is carried out, not what it computes; a resume may change them.
-RUNTIME_ONLY = ("device", "graph_capture", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers",
+RUNTIME_ONLY = ("device", "quiet", "tensorboard", "data_dir", "out", "memory_budget", "data_workers",
                 "pause_at_epoch")
+# Runtime-only fields lrlab no longer has: run directories written before still hold them, and still load.
+RETIRED = ("graph_capture",)
 
 
 @dataclass
@@ -64,7 +65,6 @@ class RunConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     deterministic: bool = False
-    graph_capture: str = "auto"
     device: str = "auto"
     data_dir: str | None = None
     out: str = "runs/run"
@@ -116,8 +116,7 @@ class RunConfig:
             raise UsageError(f"split_seed must be zero or positive, got {self.split_seed}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name, allowed in (("augment", AUGMENTATIONS), ("device", DEVICES), ("precision", PRECISIONS),
-                              ("graph_capture", GRAPH_CAPTURE)):
+        for name, allowed in (("augment", AUGMENTATIONS), ("device", DEVICES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}: {clip(repr(getattr(self, name)), 40)} is not one of {', '.join(allowed)}")
         from lrlab.optimizers import parse_optimizer
@@ -182,7 +181,7 @@ def _type_name(hint: Any) -> str:
 def config_from_dict(values: dict[str, Any], where: str) -> RunConfig:
     """A RunConfig from a mapping; unknown keys are refused with the closest known one suggested."""
     known = [f.name for f in fields(RunConfig)]
-    values = {k: v for k, v in values.items() if k != "versions"}
+    values = {k: v for k, v in values.items() if k != "versions" and k not in RETIRED}
     for key in values:
         if key not in known:
             raise UsageError(f"{where}: unknown key {clip(repr(key), 40)}{suggestion(str(key), known)}")

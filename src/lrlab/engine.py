@@ -29,8 +29,6 @@ from lrlab import __version__, distributed
 from lrlab.config import RUNTIME_ONLY, RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError, clip, first_names
-from lrlab.foreach_sgd import ARGUMENTS as FOREACH_SGD_ARGUMENTS
-from lrlab.foreach_sgd import ForeachSGD
 from lrlab.models import (check_model, model_arguments, model_factory, model_source, model_source_change, seed_generators,
                           training_bytes)
 from lrlab.optimizers import (
@@ -43,7 +41,7 @@ from lrlab.optimizers import (
 from lrlab.preview import doctor
 from lrlab.runs import FollowerRun, RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
-from lrlab.steps import GraphedStep, eager_step
+from lrlab.steps import eager_step
 
 if TYPE_CHECKING:
     from lrlab import lrfinder  # imported where a range test runs: it brings scipy.signal, a second to import
@@ -105,13 +103,12 @@ def train_one_epoch(
     progress: tqdm | None = None,
     check_every: int = 1,
     ranks: distributed.Ranks = distributed.SINGLE,
-    graphed: GraphedStep | None = None,
 ) -> tuple[float, float, list[float], list[float]]:
     """One pass over `loader`; returns mean loss, accuracy, and each step's LR and loss.
 
     Loss and accuracy are summed on the device and read once at the end, so an accelerator is
     never made to wait for the host; the NaN check reads the losses of the last `check_every`
-    steps every `check_every` steps. With `graphed`, full batches replay a captured CUDA graph.
+    steps every `check_every` steps.
     Under torchrun `model` is the DDP wrapper and the figures returned are those of all ranks.
     """
     model.train()
@@ -125,13 +122,10 @@ def train_one_epoch(
     checked = 0  # steps whose loss the NaN check has read
     for index, (images, labels) in enumerate(loader):
         step_lrs.append(optimizer.param_groups[0]["lr"])
-        if graphed is not None:
-            loss, logits = graphed(images, labels)
-        else:
-            # Under DDP, weighting each rank's mean by its share of the global batch makes the
-            # average of the ranks' gradients the gradient of the global batch's mean loss.
-            loss_scale = len(labels) * ranks.world / loader.global_batch_size(index) if ranks.distributed else 1.0
-            loss, logits = eager_step(model, loss_fn, optimizer, images, labels, autocast, loss_scale)
+        # Under DDP, weighting each rank's mean by its share of the global batch makes the
+        # average of the ranks' gradients the gradient of the global batch's mean loss.
+        loss_scale = len(labels) * ranks.world / loader.global_batch_size(index) if ranks.distributed else 1.0
+        loss, logits = eager_step(model, loss_fn, optimizer, images, labels, autocast, loss_scale)
         schedule.after_step()
         step_losses[index] = loss
         step_counts.append(len(labels))
@@ -468,12 +462,7 @@ class Trainer:
             if self.ranks.distributed:
                 raise UsageError("lr=auto is not available under torchrun; run lrlab find-lr first and pass the LR it prints")
             self.optimizer_spec = parse_optimizer(with_lr(config.optimizer, self._auto_lr()))
-        self.graph_capture = self._graph_capture()
-        if self.graph_capture:
-            self.optimizer = ForeachSGD(self.model.parameters(), **self.optimizer_spec.arguments)
-        else:
-            self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
-        self.graphed_step = GraphedStep(self.model, self.loss_fn, self.optimizer, self.autocast) if self.graph_capture else None
+        self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
         self.schedule = ScheduleDriver(parse_schedule(config.schedule), self.optimizer, config.epochs, len(self.train_loader))
         if not self.quiet:
             for line in doctor(self.schedule.spec, config.epochs, self.steps_per_epoch):
@@ -530,26 +519,7 @@ class Trainer:
     def drive(self, optimizer: torch.optim.Optimizer) -> None:
         """Let the schedule drive `optimizer` instead (a group's ArmOptimizer); before `prepare`, which restores into it."""
         self.optimizer = optimizer
-        self.graphed_step = None  # a group steps its arms itself
         self.schedule = ScheduleDriver(self.schedule.spec, optimizer, self.config.epochs, self.steps_per_epoch)
-
-    def _graph_capture(self) -> bool:
-        """Whether full batches replay a captured CUDA graph: only when asked for (`on`), where the run allows it."""
-        setting = self.config.graph_capture
-        if setting == "off":
-            return False
-        why_not = None
-        if self.device.type != "cuda":
-            why_not = f"it needs CUDA and this run is on {self.device.type}"
-        elif self.ranks.distributed:
-            why_not = "it is not available under torchrun"
-        elif not (self.optimizer_spec.name == "sgd" and set(self.optimizer_spec.arguments) <= set(FOREACH_SGD_ARGUMENTS)):
-            why_not = f"it needs an sgd optimizer with only {', '.join(FOREACH_SGD_ARGUMENTS)}, not {self.optimizer_spec.text!r}"
-        if why_not and setting == "on":
-            raise UsageError(f"--graph-capture on: {why_not}; use --graph-capture auto or off")
-        # The captured step has not yet run on a GPU; until it has been measured there, `auto`
-        # keeps CUDA runs on the eager step that every test covers, and `on` opts in.
-        return setting == "on" and why_not is None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -558,8 +528,7 @@ class Trainer:
     def autocast(self):
         if not self.use_bf16:
             return nullcontext()
-        # No cast cache: a captured graph must not keep casts made before the capture (each step
-        # enters the context afresh, so the cache saved nothing anyway).
+        # No cast cache: each step enters the context afresh, so a cache would save nothing.
         return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -793,7 +762,7 @@ class Trainer:
             train_loss, train_acc, step_lrs, step_losses = train_one_epoch(
                 self.train_loader, self.forward_model, self.loss_fn, self.optimizer, self.schedule,
                 first_step=first_step, autocast=self.autocast, progress=None if quiet else progress, check_every=check_every,
-                ranks=self.ranks, graphed=self.graphed_step,
+                ranks=self.ranks,
             )
         evaluated, correct, evaluated_weights = evaluate_run(self.model, self.optimizer, self.train_loader, self.evaluation_loaders,
                                                              self.loss_fn, autocast=self.autocast, ranks=self.ranks)
