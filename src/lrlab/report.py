@@ -16,7 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from lrlab.aggregate import Comparison, ScheduleResult, aggregate
 from lrlab.comparison import run_path
@@ -725,6 +725,7 @@ def write_tuning_plots(out: Path, folder: Path) -> dict[str, Path]:
     figure, ax = _figure("Tuning trials: validation accuracy against LR (hollow: pruned, at the epoch it stopped)",
                          "learning rate", "validation accuracy (%)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide within a decade
     for index, (label, arm) in enumerate(record["arms"].items()):
         color = f"C{index % 10}"
         for state, style in (("complete", {"color": color}), ("pruned", {"facecolors": "none", "edgecolors": color})):
