@@ -125,12 +125,24 @@ def test_help_answers_without_importing_torch():
 
 
 def test_every_shipped_config_file_is_valid():
-    from lrlab.config import load_config
+    """A run's config loads as a RunConfig; a comparison's (schedules: or preset:) as compare --config reads it,
+    with its study options and schedule specs checked too."""
+    from lrlab.cli import _comparison_file
+    from lrlab.config import load_config, read_yaml_mapping
+    from lrlab.study import arm_label, settings_from_options
 
     configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
     assert configs
     for path in configs:
-        load_config(path)
+        if {"schedules", "preset"} & set(read_yaml_mapping(path)):
+            plan = _comparison_file(str(path))
+            study = settings_from_options(plan.get("trials"), plan.get("search"), plan.get("tuning_seeds"))
+            if study is not None:
+                study.check(plan["seeds"])
+            for item in plan.get("schedules", []):
+                arm_label(item["schedule"] if isinstance(item, dict) else item)
+        else:
+            load_config(path)
 
 
 def test_version_prints_the_package_version():
