@@ -186,7 +186,8 @@ def test_report_loads_in_headless_chromium_with_its_table_and_images(base, tmp_p
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
-    assert dom.count("<tr>") == 3 and dom.count('src="data:image/png;base64,') == 6
+    plots = len(list((Path(base.out) / "plots").glob("*.png")))
+    assert dom.count("<tr>") == 3 and plots >= 6 and dom.count('src="data:image/png;base64,') == plots
     screenshot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", "--window-size=1200,2000", report.as_uri()],
                    capture_output=True, timeout=120, check=False)
@@ -239,7 +240,15 @@ def test_a_comparison_continues_with_other_runtime_only_settings_as_train_resume
     assert "different width" in capsys.readouterr().err
 
 
-def test_compare_quiet_shows_no_progress_bar(tmp_path, capfd):
+@pytest.fixture
+def terminal(capfd, monkeypatch):
+    """stderr (as capfd captures it) taken for a terminal: the progress bars draw only there."""
+    import sys
+
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True)
+
+
+def test_compare_quiet_shows_no_progress_bar(tmp_path, capfd, terminal):
     assert main([*TINY_COMPARE, "--out", str(tmp_path / "c"), "--quiet"]) == 0
     assert "comparison" not in capfd.readouterr().err
     assert main([*TINY_COMPARE, "--out", str(tmp_path / "d")]) == 0
@@ -260,7 +269,7 @@ def test_compare_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments,
     assert says in error and len(error.strip().splitlines()) == 1
 
 
-def test_grid_progress_shows_run_epoch_and_time_left(base, capfd):
+def test_grid_progress_shows_run_epoch_and_time_left(base, capfd, terminal):
     run_comparison(base, variants_from_specs(["constant"]), [0], base.out, show_progress=True)
     error = capfd.readouterr().err
     assert "pass 1/1: constant seed 0, epoch 3" in error and "<" in error  # tqdm's elapsed<remaining

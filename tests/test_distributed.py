@@ -58,7 +58,7 @@ def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(tmp
     two = RunDirectory(tmp_path / "two")
     assert_same_curves(one, two)
     assert output.count("finished: 3 epochs") == 1  # rank 0 alone reports, and alone writes
-    assert sorted(p.name for p in two.path.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv",
+    assert sorted(p.name for p in two.path.iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.txt", "metrics.csv",
                                                           "status.json", "steps.csv"]
     assert two.read_status()["state"] == "finished"
 

@@ -24,10 +24,11 @@ STAGES = {
     "config": ("lrlab.config",),
     "parts": ("lrlab.data", "lrlab.data.*", "lrlab.models", "lrlab.distributed", "lrlab.lrfinder", "lrlab.stacked",
               "lrlab.vectorized", "lrlab.steps"),
-    "run directory": ("lrlab.runs", "lrlab.comparison"),
+    "run directory": ("lrlab.runs", "lrlab.comparison", "lrlab.tuning"),
     "engine": ("lrlab.engine", "lrlab.group"),
     "grid runner": ("lrlab.executors", "lrlab.grid"),
     "results": ("lrlab.stats", "lrlab.aggregate", "lrlab.report"),
+    "study": ("lrlab.study",),  # tune through the grid runner, then read results to decide on more seeds
     "entry points": ("lrlab", "lrlab.__main__", "lrlab.cli", "lrlab.api"),
 }
 MAY_USE = {
@@ -35,10 +36,11 @@ MAY_USE = {
     "spec parsers": {"vocabulary"},
     "config": {"vocabulary", "spec parsers"},
     "parts": {"vocabulary", "spec parsers", "config"},
-    "run directory": {"vocabulary", "config"},
+    "run directory": {"vocabulary", "spec parsers", "config"},  # a study's ranged specs are checked as specs
     "engine": {"vocabulary", "spec parsers", "config", "parts", "run directory"},
     "grid runner": {"vocabulary", "spec parsers", "config", "parts", "run directory", "engine"},
-    "results": {"vocabulary", "config", "run directory"},
+    "results": {"vocabulary", "spec parsers", "config", "run directory"},  # the report runs lrlab doctor on each spec
+    "study": {"vocabulary", "spec parsers", "config", "parts", "run directory", "engine", "grid runner", "results"},
     "entry points": set(STAGES),
 }
 

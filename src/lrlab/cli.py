@@ -238,19 +238,19 @@ def _add_steps_per_epoch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder to look for data files in first (for folder and your own data sets)")
 
 
-def _steps_per_epoch(arguments: argparse.Namespace) -> int:
-    """--steps-per-epoch as given, else the steps of an epoch on the run's data set (said on stderr)."""
+def _steps_per_epoch(arguments: argparse.Namespace) -> tuple[int, str]:
+    """--steps-per-epoch as given, else the steps of an epoch on the run's data set, and the line that
+    says where they came from (printed once the command has succeeded, so an error stays one line)."""
     if arguments.steps_per_epoch is not None:
-        return arguments.steps_per_epoch
+        return arguments.steps_per_epoch, ""
     from lrlab.data import steps_per_epoch
 
     config = config_from_dict({"dataset": arguments.dataset, "batch_size": arguments.batch_size,
                                "val_fraction": arguments.val_fraction, "limit_train": arguments.limit_train}, "command line")
     steps, images = steps_per_epoch(config.dataset, config.batch_size, config.val_fraction, config.limit_train, arguments.data_dir)
-    if not arguments.quiet:
-        print(f"steps per epoch: {steps} ({config.dataset}: {images:,} training images in batches of {config.batch_size}; "
-              f"--steps-per-epoch sets it)", file=sys.stderr)
-    return steps
+    said = "" if arguments.quiet else (f"steps per epoch: {steps} ({config.dataset}: {images:,} training images in batches "
+                                       f"of {config.batch_size}; --steps-per-epoch sets it)")
+    return steps, said
 
 
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -371,8 +371,10 @@ def _preview(arguments: argparse.Namespace) -> int:
             metric = [float(v) for v in arguments.metric.split(",")]
         except ValueError:
             raise UsageError("--metric should be numbers separated by commas, one per epoch") from None
-    arguments.steps_per_epoch = _steps_per_epoch(arguments)
+    arguments.steps_per_epoch, said = _steps_per_epoch(arguments)
     previews = {spec: preview(spec, arguments.epochs, arguments.steps_per_epoch, arguments.lr, metric) for spec in arguments.specs}
+    if said:
+        print(said, file=sys.stderr)
     if arguments.csv:
         _write_output(arguments.csv, previews_csv(previews))
     if arguments.plot:
@@ -396,9 +398,11 @@ def _doctor(arguments: argparse.Namespace) -> int:
     from lrlab.preview import doctor, doctor_test_set
 
     found = 0
-    steps = _steps_per_epoch(arguments)
-    for spec in arguments.specs:
-        lines = doctor(spec, arguments.epochs, steps)
+    steps, said = _steps_per_epoch(arguments)
+    reports = [(spec, doctor(spec, arguments.epochs, steps)) for spec in arguments.specs]
+    if said:
+        print(said, file=sys.stderr)
+    for spec, lines in reports:
         found += len(lines)
         for line in lines:
             print(f"warning: {line}")

@@ -259,7 +259,7 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
     runs_per_pass = parse_runs_per_pass(runs_per_pass)
     size = auto_runs_per_pass(base, data, builder) if runs_per_pass == "auto" else runs_per_pass
     notes = []
-    if size > 1 and len(tasks) > 1:
+    if size > 1 and len(tasks) > 1 and data is not None:  # without the data no blank batch can be shaped
         problem = _why_not_stacked(base, data, builder)
         if problem:
             size = 1
