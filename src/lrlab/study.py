@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lrlab.comparison import MANIFEST, Variant, run_path
+from lrlab.comparison import MANIFEST, Variant
 from lrlab.config import RunConfig
 from lrlab.errors import UsageError, clip, first_names
 from lrlab.executors import GridOutcome, GridProgress, GridTask, InProcess
