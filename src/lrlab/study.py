@@ -267,19 +267,22 @@ class Study:
         """Report what the trial trained up to `target`; end it (finished, diverged, pruned) or keep it going."""
         rows = trial.run.read_metrics() if trial.run.metrics_path.exists() else []
         reported = trial.trial.storage.get_trial(trial.trial._trial_id).intermediate_values
+        # Only up to the rung: a trial that a stopped study left beyond it is judged where the
+        # uninterrupted study judged it.
         for row in rows:
-            if int(row["epoch"]) not in reported and not math.isnan(row.get("val_acc", math.nan)):
-                trial.trial.report(row["val_acc"], int(row["epoch"]))
+            epoch = int(row["epoch"])
+            if epoch <= target and epoch not in reported and not math.isnan(row.get("val_acc", math.nan)):
+                trial.trial.report(row["val_acc"], epoch)
         trial.record.epochs = len(rows)
         trial.record.val_acc = [row.get("val_acc", math.nan) for row in rows]
         state = trial.run.read_status().get("state")
         if state == "pruned":  # judged before a stop, not yet told
             self._tell(trial, "pruned")
-        elif state in ("diverged", "failed", "interrupted", "unknown", "running"):
+        elif state in ("diverged", "failed"):
             self._tell(trial, "failed")
         elif state == "finished" or target >= self.base.epochs:
             self._tell(trial, "complete" if state == "finished" else "failed")
-        elif trial.trial.should_prune():
+        elif trial.trial.should_prune():  # paused here, or stopped (interrupted) beyond the rung: judged alike
             trial.run.write_status("pruned", epoch=len(rows), reason=f"pruned at epoch {len(rows)}: validation accuracy "
                                                                      f"below the best third of the trials there")
             self._tell(trial, "pruned")
