@@ -185,12 +185,13 @@ class Study:
                                  f"({clip(known, 80)}); use another --out or --study-storage")
             self.studies[arm.label] = study
         self.records: dict[str, dict[int, TrialRecord]] = {arm.label: {} for arm in arms}
+        self.folders = tuning_folders(arms)
 
     def space(self, arm: StudyArm) -> str:
         return f"{self.lr_range.describe()}; {arm.schedule.spec}; {self.base.epochs} epochs; prune {self.settings.prune}"
 
     def trial_path(self, arm: StudyArm, number: int) -> Path:
-        return self.out / TUNING_FOLDER / tuning_folders(self.arms)[arm.label] / f"trial-{number}"
+        return self.out / TUNING_FOLDER / self.folders[arm.label] / f"trial-{number}"
 
     def progress_tasks(self) -> list[GridTask]:
         return [GridTask(arm.label, number, replace(self.base, out=str(self.trial_path(arm, number))))
@@ -321,8 +322,9 @@ class Study:
 
     def confirmed_variants(self) -> list[Variant]:
         variants = []
+        picks = self.picks()
         for arm in self.arms:
-            pick = self.picks()[arm.label]
+            pick = picks[arm.label]
             params = {"lr": pick.lr, **pick.params}
             variants.append(Variant(arm.label, self._schedule(arm, params), self._optimizer(arm, pick.lr)))
         return variants
