@@ -124,6 +124,16 @@ def test_help_answers_without_importing_torch():
     assert "example" in result.stdout and result.stdout.splitlines()[-1] == "[]"
 
 
+def test_listing_the_data_sets_answers_without_importing_torch():
+    # Listing names and file locations reads tables and folders only; torch would add seconds of start-up.
+    code = ("import sys\nfrom lrlab.cli import main\nstatus = main(['datasets'])\n"
+            "print(status, sorted(name for name in ('torch', 'torchvision', 'matplotlib') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    listing, last = result.stdout.splitlines()[:-1], result.stdout.splitlines()[-1]
+    assert last == "0 []"
+    assert [line.split()[0] for line in listing][:6] == ["fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic"]
+
+
 def test_every_shipped_config_file_is_valid():
     """A run's config loads as a RunConfig; a comparison's (schedules: or preset:) as compare --config reads it,
     with its study options and schedule specs checked too."""

@@ -18,6 +18,7 @@ from helpers import (
 from PIL import Image
 
 from lrlab.data import BatchLoader, describe_datasets, idx, load_dataset
+from lrlab.data.sources import CIFAR_SOURCES, IDX_FILES, IDX_SOURCES
 from lrlab.data.idx import read_idx
 from lrlab.engine import train
 from lrlab.errors import UsageError
@@ -81,8 +82,8 @@ def serve_mnist(tmp_path, monkeypatch):
     """Put a small MNIST set on a local server and pin its checksums as the published ones."""
     served = tmp_path / "served" / "mnist"
     write_idx_set(served)
-    digests = tuple(hashlib.sha256((served / f"{stem}.gz").read_bytes()).hexdigest() for stem in idx.FILES)
-    monkeypatch.setitem(idx.SOURCES, "mnist", {**idx.SOURCES["mnist"], "sha256": digests, "system_dirs": ()})
+    digests = tuple(hashlib.sha256((served / f"{stem}.gz").read_bytes()).hexdigest() for stem in IDX_FILES)
+    monkeypatch.setitem(IDX_SOURCES, "mnist", {**IDX_SOURCES["mnist"], "sha256": digests, "system_dirs": ()})
     return served
 
 
@@ -92,7 +93,7 @@ def test_missing_data_is_downloaded_verified_into_the_cache(tmp_path, monkeypatc
         monkeypatch.setenv("LRLAB_MIRROR", url)
         data = load_dataset("mnist")
     cache = tmp_path / "cache" / "lrlab" / "mnist"
-    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in idx.FILES)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in IDX_FILES)
     assert len(data.train_labels) == 60
     assert data.source == str(cache)
 
@@ -131,13 +132,11 @@ def test_cifar10_loads_from_the_archive_and_from_the_extracted_folder(tmp_path):
 
 
 def test_cifar10_download_is_verified(tmp_path, monkeypatch):
-    from lrlab.data import cifar
-
     served = tmp_path / "served" / "cifar10"
     served.mkdir(parents=True)
     write_cifar10_archive(served / "cifar-10-python.tar.gz")
     digest = hashlib.sha256((served / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
-    monkeypatch.setitem(cifar.SOURCES, "cifar10", {**cifar.SOURCES["cifar10"], "sha256": digest})
+    monkeypatch.setitem(CIFAR_SOURCES, "cifar10", {**CIFAR_SOURCES["cifar10"], "sha256": digest})
     with http_server(served.parent) as url:
         monkeypatch.setenv("LRLAB_MIRROR", url)
         data = load_dataset("cifar10")

@@ -3,22 +3,35 @@
 Each source returns an `ImageData` holding its images in memory as uint8 tensors, except a folder
 data set larger than the memory budget once decoded, which stays on disk and is decoded a batch at
 a time (data/files.py).
+
+Importing this package loads no torch (seconds of start-up): the names, tables and file locations
+live in sources.py, and the sources, which need torch, are imported when a data set is loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING
 
 from lrlab import imports
 from lrlab.config import memory_budget_bytes
-from lrlab.data import cifar, digits, folder, idx, synthetic, torch_datasets
-from lrlab.data.base import ImageData, cache_dir, resize_images
-from lrlab.data.loader import BatchLoader
+from lrlab.data.sources import CIFAR_SOURCES, IDX_SOURCES, NAMES, TRAIN_IMAGES, describe_datasets
 from lrlab.errors import UsageError
 from lrlab.specs import suggestion
 
-NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic", "folder:PATH", "FILE.py:NAME",
-         "package.module:NAME")
+if TYPE_CHECKING:
+    from lrlab.data.base import ImageData
+    from lrlab.data.loader import BatchLoader
+
+# Loaded on first use, as lrlab/__init__.py loads its torch names: `from lrlab.data import ImageData` still works.
+_NEEDS_TORCH = {"ImageData": "lrlab.data.base", "BatchLoader": "lrlab.data.loader"}
+
+
+def __getattr__(name: str):
+    if name in _NEEDS_TORCH:
+        return getattr(importlib.import_module(_NEEDS_TORCH[name]), name)
+    raise AttributeError(f"module 'lrlab.data' has no attribute {name!r}")
 
 
 def load_dataset(
@@ -34,6 +47,10 @@ def load_dataset(
     Everything is held in memory, except a folder data set or the user's own Datasets (`file.py:NAME`)
     when larger than `memory_budget`.
     """
+    # The sources need torch: imported here, so that importing the package stays instant.
+    from lrlab.data import cifar, digits, folder, idx, synthetic, torch_datasets
+    from lrlab.data.base import resize_images
+
     if name.startswith("folder:"):
         return folder.load(name.partition(":")[2], image_size, test_fraction, strict, memory_budget)
     if imports.is_import_path(name):
@@ -41,9 +58,9 @@ def load_dataset(
     if imports.is_python_object(name):
         raise UsageError(f"data set {name!r} was handed to lrlab.train or lrlab.compare as Python objects and cannot be "
                          f"loaded again; pass it again from Python, or name a function returning it (data.py:load)")
-    if name in idx.SOURCES:
+    if name in IDX_SOURCES:
         data = idx.load(name, data_dir)
-    elif name in cifar.SOURCES:
+    elif name in CIFAR_SOURCES:
         data = cifar.load(name, data_dir)
     elif name == "digits":
         data = digits.load()
@@ -62,28 +79,6 @@ def load_dataset(
                              f"give a smaller --image-size")
         data.train_images, data.test_images = resize_images(data.train_images, image_size), resize_images(data.test_images, image_size)
     return data
-
-
-def describe_datasets(data_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
-    """(name, where it is or how to get it) for every built-in source, without loading any."""
-    rows = []
-    for name in idx.SOURCES:
-        found = idx.locate(name, data_dir)
-        rows.append((name, str(found[0].parent) if found else f"not found; downloads to {cache_dir(name)}"))
-    for name in cifar.SOURCES:
-        found = cifar.locate(name, data_dir)
-        rows.append((name, str(found) if found else f"not found; downloads to {cache_dir(name)}"))
-    rows.append(("digits", "embedded in scikit-learn (always available)"))
-    rows.append(("synthetic", "generated (always available)"))
-    rows.append(("folder:PATH", "your images: PATH/train/<class>/*, PATH/test/<class>/*, or PATH/<class>/*"))
-    rows.append(("FILE.py:NAME", "your Datasets: NAME() returns (train, test) torch Datasets of (image, label)"))
-    return rows
-
-
-# Training images of each built-in source as it loads (before --limit-train and the validation split),
-# so a schedule's preview knows the steps of an epoch without reading the data.
-TRAIN_IMAGES = {"fashion-mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "digits": 1_437,
-                "synthetic": 2_000}
 
 
 def steps_per_epoch(dataset: str, batch_size: int, val_fraction: float = 0.0, limit_train: int | None = None,

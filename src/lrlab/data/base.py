@@ -1,10 +1,8 @@
-"""The in-memory image data set every source produces, and where sources look for files."""
+"""The in-memory image data set every source produces (where sources look for files: sources.py)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,20 +139,3 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return resized.round().clamp(0, 255).to(torch.uint8)
     return resized.to(images.dtype)
-
-
-def cache_dir(name: str) -> Path:
-    """Where downloads of `name` go: ~/.cache/lrlab/<name> (XDG_CACHE_HOME respected)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "lrlab" / name
-
-
-def candidate_dirs(name: str, data_dir: str | os.PathLike | None, system_dirs: tuple[str, ...] = ()) -> list[Path]:
-    """The folders searched, in order: --data-dir, $LRLAB_DATA, the cache, then system folders."""
-    candidates: list[Path] = []
-    for root in (data_dir, os.environ.get("LRLAB_DATA")):
-        if root:
-            candidates += [Path(root) / name, Path(root)]
-    candidates.append(cache_dir(name))
-    candidates += [Path(d) for d in system_dirs]
-    return candidates

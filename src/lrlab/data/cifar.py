@@ -11,34 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrlab.data.base import ImageData, cache_dir, candidate_dirs
+from lrlab.data.base import ImageData
 from lrlab.data.download import DownloadFailed, download_from_any
+from lrlab.data.sources import CIFAR_SOURCES, cache_dir, locate_cifar
 from lrlab.errors import UsageError
-
-SOURCES = {
-    "cifar10": {
-        "archive": "cifar-10-python.tar.gz",
-        "folder": "cifar-10-batches-py",
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "sha256": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-        "train": [f"data_batch_{i}" for i in range(1, 6)],
-        "test": ["test_batch"],
-        "meta": ("batches.meta", "label_names"),
-        "labels": "labels",
-        "classes": 10,
-    },
-    "cifar100": {
-        "archive": "cifar-100-python.tar.gz",
-        "folder": "cifar-100-python",
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "sha256": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
-        "train": ["train"],
-        "test": ["test"],
-        "meta": ("meta", "fine_label_names"),
-        "labels": "fine_labels",
-        "classes": 100,
-    },
-}
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -130,19 +106,10 @@ def _checked_labels(labels: object, count: int, classes: int, name: str) -> np.n
     return array.astype(np.int64)
 
 
-def locate(name: str, data_dir: str | os.PathLike | None) -> Path | None:
-    source = SOURCES[name]
-    for folder in candidate_dirs(name, data_dir):
-        for candidate in (folder / source["folder"], folder / source["archive"]):
-            if candidate.exists():
-                return candidate
-    return None
-
-
 def load(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
     """CIFAR-10 or CIFAR-100 from the archive or its extracted folder, downloading if absent."""
-    source = SOURCES[name]
-    location = locate(name, data_dir)
+    source = CIFAR_SOURCES[name]
+    location = locate_cifar(name, data_dir)
     if location is None:
         destination = cache_dir(name) / source["archive"]
         try:

@@ -12,39 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrlab.data.base import ImageData, cache_dir, candidate_dirs
+from lrlab.data.base import ImageData
 from lrlab.data.download import DownloadFailed, download_from_any
+from lrlab.data.sources import IDX_FILES, IDX_SOURCES, cache_dir, locate_idx
 from lrlab.errors import UsageError
 
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-SOURCES = {
-    "fashion-mnist": {
-        "mirrors": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        "sha256": (
-            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-        ),
-        "system_dirs": ("/usr/share/datasets/fashion-mnist",),
-        "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-        "flip_makes_sense": True,
-    },
-    "mnist": {
-        "mirrors": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
-        "sha256": (
-            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        ),
-        "system_dirs": ("/usr/share/datasets/mnist",),
-        "classes": [str(d) for d in range(10)],
-        "flip_makes_sense": False,
-    },
-}
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
 
 
@@ -100,28 +72,12 @@ def read_decoded(paths: list[Path]) -> list[torch.Tensor]:
     return tensors
 
 
-def _find_file(folder: Path, stem: str) -> Path | None:
-    for candidate in (folder / f"{stem}.gz", folder / stem, folder / stem.replace("-idx", ".idx")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def locate(name: str, data_dir: str | os.PathLike | None) -> list[Path] | None:
-    """The four files of `name` from the first folder that has all of them, or None."""
-    for folder in candidate_dirs(name, data_dir, SOURCES[name]["system_dirs"]):
-        found = [_find_file(folder, stem) for stem in FILES]
-        if all(found):
-            return found
-    return None
-
-
 def fetch(name: str) -> list[Path]:
     """Download the four files into the cache, verified; say where to put them if that fails."""
-    source = SOURCES[name]
+    source = IDX_SOURCES[name]
     target = cache_dir(name)
     paths = []
-    for stem, sha256 in zip(FILES, source["sha256"]):
+    for stem, sha256 in zip(IDX_FILES, source["sha256"]):
         destination = target / f"{stem}.gz"
         if destination.is_file():
             paths.append(destination)
@@ -130,7 +86,7 @@ def fetch(name: str) -> list[Path]:
             paths.append(download_from_any(name, f"{stem}.gz", [m + f"{stem}.gz" for m in source["mirrors"]], destination, sha256))
         except DownloadFailed as error:
             raise UsageError(
-                f"{name} is not on this machine and {error}; put {', '.join(s + '.gz' for s in FILES)} "
+                f"{name} is not on this machine and {error}; put {', '.join(s + '.gz' for s in IDX_FILES)} "
                 f"in {target} (or pass --data-dir DIR)"
             ) from None
     return paths
@@ -138,9 +94,9 @@ def fetch(name: str) -> list[Path]:
 
 def load(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:
     """Fashion-MNIST or MNIST as an in-memory ImageData."""
-    paths = locate(name, data_dir) or fetch(name)
+    paths = locate_idx(name, data_dir) or fetch(name)
     train_images, train_labels, test_images, test_labels = read_decoded(paths)
-    source = SOURCES[name]
+    source = IDX_SOURCES[name]
     for images, labels, split in ((train_images, train_labels, "train"), (test_images, test_labels, "test")):
         if images.dim() != 4 or labels.dim() != 1:
             raise UsageError(f"{name}: the {split} image and label files are swapped or malformed in {paths[0].parent}")
