@@ -1,6 +1,6 @@
 """The report a newcomer reads (issue 25, items 2, 3, 4): readable on a phone and a wide screen, plots
 whose titles and legends stay clear of the data, arms that were the same run flagged, doctor's notes,
-and an LR picked at the edge of its grid."""
+and an LR picked at the edge of its grid or a study's setting picked at the edge of its search range."""
 
 import html
 import json
@@ -14,7 +14,8 @@ import pytest
 from lrlab import report
 from lrlab.grid import run_comparison, variants_from_specs
 from lrlab.aggregate import aggregate
-from lrlab.report import build_report, notes, write_plots
+from lrlab.report import build_report, notes, search_edge_notes, write_plots
+from lrlab.tuning import Range, widened
 from lrlab import RunConfig
 
 CHROMIUM = shutil.which("chromium")
@@ -57,6 +58,63 @@ def test_an_lr_picked_at_the_edge_of_the_grid_says_to_extend_it(comparison_folde
         assert "picked LR 0.1, the largest of the grid (--lrs 0.02 0.1)" in edge and "e.g. --lrs 0.02 0.1 0.5" in edge
     else:
         assert "picked LR 0.02, the smallest of the grid (--lrs 0.02 0.1)" in edge and "e.g. --lrs 0.004 0.02 0.1" in edge
+
+
+def write_study_record(out: Path, picks: dict[str, tuple[str, float, dict]], lr_range: str = "lr=0.005:0.5:log") -> None:
+    """A study.json as lrlab.study writes it, by hand: per schedule (spec, confirmed LR, confirmed arguments)."""
+    arms, confirmed = {}, {}
+    for label, (spec, lr, params) in picks.items():
+        trial = {"number": 0, "seed": 100, "lr": lr, "params": params, "state": "complete", "epochs": 1,
+                 "val_acc": [0.5], "path": f"tuning/{label}/trial-0"}
+        arms[label] = {"spec": spec, "trials": [trial], "epochs_trained": 1, "pruned": 0, "failed": 0}
+        confirmed[label] = {"trial": 0, "schedule": spec, "optimizer": f"sgd:lr={lr}"}
+    settings = {"trials": 1, "search_lr": lr_range.partition("=")[2], "sampler": "qmc", "prune": "none",
+                "tuning_seeds": [100], "storage": None, "schedules": {k: v[0] for k, v in picks.items()}, "epochs": 1}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({"settings": settings, "lr_range": lr_range, "rungs": [], "arms": arms,
+                                                "confirmed": confirmed}))
+
+
+def test_a_study_pick_near_an_end_of_its_search_range_says_to_widen_that_end(tmp_path):
+    write_study_record(tmp_path, {
+        "constant": ("constant", 0.48, {}),  # 99% of the way up 0.005-0.5 on a log scale
+        "step": ("step:step_size=2:8,gamma=0.1:0.7", 0.05, {"step_size": 8, "gamma": 0.4}),  # LR mid-range, step_size at the top
+    })
+    lr_note, step_note = search_edge_notes(tmp_path)
+    assert lr_note == ("constant at lr=0.48 was confirmed near the top of the LR search range (--search lr=0.005:0.5:log): "
+                       "the best LR may lie beyond it; widen that end, e.g. --search lr=0.005:1.6:log.")
+    assert step_note == ("step was confirmed at step_size=8, near the top of its search range step_size=2:8: the best may "
+                         "lie beyond it; widen that end, e.g. step:step_size=2:10,gamma=0.1:0.7.")
+
+
+def test_a_study_pick_inside_its_search_ranges_is_not_flagged(tmp_path):
+    write_study_record(tmp_path, {
+        "constant": ("constant", 0.05, {}),  # the middle of 0.005-0.5 on a log scale
+        "step": ("step:step_size=2:8,gamma=0.1:0.7", 0.0075, {"step_size": 5, "gamma": 0.65}),  # all within 10-92%
+        # At 1, a decay factor has nowhere further to go: the end of the range is not the search's limit.
+        "plateau": ("plateau:factor=0.5:1.0", 0.05, {"factor": 0.99}),
+    })
+    assert search_edge_notes(tmp_path) == []
+
+
+def test_a_widened_range_stays_where_a_schedule_can_go():
+    assert widened(Range("lr", 0.005, 0.5, log=True), "low") == Range("lr", 0.0016, 0.5, log=True)
+    assert widened(Range("gamma", 0.1, 0.9), "low") == Range("gamma", 0.05, 0.9)  # positive stays positive
+    assert widened(Range("gamma", 0.1, 0.9), "high") == Range("gamma", 0.1, 1.0)  # a fraction stays one
+    assert widened(Range("step_size", 1, 4, integer=True), "low") is None
+    assert widened(Range("step_size", 1, 4, integer=True), "high") == Range("step_size", 1, 5, integer=True)
+
+
+def test_a_study_pick_at_the_edge_of_its_range_is_in_the_reports_notes(comparison_folder, tmp_path):
+    out = tmp_path / "cmp"
+    shutil.copytree(comparison_folder, out)
+    write_study_record(out, {"constant": ("constant", 0.0051, {})})
+    build_report(out)
+    for name, heading in (("summary.md", "## {}"), ("report.html", "<h2>{}</h2>")):
+        text = html.unescape((out / name).read_text())
+        notes_section = text[text.index(heading.format("Notes")):text.index(heading.format("Tuning"))]
+        assert "constant at lr=0.0051 was confirmed near the bottom of the LR search range" in notes_section
+        assert "e.g. --search lr=0.0016:0.5:log" in notes_section
 
 
 def test_plot_titles_stay_inside_and_legends_stay_outside_the_data(comparison_folder, monkeypatch):

@@ -331,7 +331,7 @@ def _steps_per_epoch(result: ScheduleResult) -> int:
 
 def notes(comparison: Comparison) -> list[str]:
     """What to know before reading the table: arms that were the same run, what `lrlab doctor` says of
-    each schedule over this run, and LRs picked at the edge of an LR grid."""
+    each schedule over this run, and LRs picked at the edge of an LR grid or a study's search range."""
     found = []
     if comparison.alpha < ALPHA:
         found.append(f"Seeds were added in rounds where a comparison was undecided (--max-seeds), with a look after each "
@@ -355,7 +355,7 @@ def notes(comparison: Comparison) -> list[str]:
                 found.append(f"{', '.join(at_edge)} picked LR {edge:g}, the {name} of the grid (--lrs "
                              f"{' '.join(f'{lr:g}' for lr in lrs)}): the best LR may lie beyond it; extend the grid, "
                              f"e.g. --lrs {' '.join(f'{lr:.3g}' for lr in extended)}.")
-    return found
+    return found + search_edge_notes(comparison.out)
 
 
 def readable_table(comparison: Comparison, rows: list[dict[str, str]]) -> tuple[list[str], list[list]]:
@@ -700,6 +700,48 @@ def tuning_summary(out: Path) -> str:
             f"{record['lr_range']} and the ranges in its spec; pruner {settings['prune']}, rungs at epochs {rungs}) on "
             f"tuning seed(s) {', '.join(map(str, settings['tuning_seeds']))}, scored on final validation accuracy: "
             f"{total} tuning epochs in all. Only the confirmation runs below, on other seeds, are judged on the test set.")
+
+
+def search_edge_notes(out: Path) -> list[str]:
+    """A study's confirmed settings that lie near an end of their search range (lrlab.tuning.end_reached),
+    each with the wider range to search next; [] if not a study."""
+    from dataclasses import replace
+
+    from lrlab.tuning import STUDY_RECORD, end_reached, find_ranges, parse_range, range_text, read_record, widened
+
+    record = read_record(out)
+    if not record:
+        return []
+    words = {"low": "bottom", "high": "top"}
+    picked: dict[str, list[tuple[str, float]]] = {"low": [], "high": []}  # end -> (schedule, LR): one range for all
+    lr_notes, spec_notes = [], []
+    lr_name, _, lr_text = str(record.get("lr_range", "")).partition("=")
+    # The LR is always sampled as a decimal, though the recorded range may read like whole numbers (lr=1:10:log).
+    lr_range = replace(parse_range(lr_name, lr_text, STUDY_RECORD), integer=False) if lr_text else None
+    for label, arm in record["arms"].items():
+        number = record.get("confirmed", {}).get(label, {}).get("trial")
+        trial = next((t for t in arm["trials"] if t.number == number), None)
+        if trial is None:
+            continue
+        if lr_range is not None and (end := end_reached(trial.lr, lr_range)):
+            picked[end].append((label, trial.lr))
+        ranged = find_ranges(arm["spec"])
+        for searched in ranged.ranges:
+            value = trial.params.get(searched.name)
+            end = end_reached(value, searched) if isinstance(value, (int, float)) else None
+            wider = widened(searched, end) if end else None
+            if wider is not None:
+                spec_notes.append(f"{label} was confirmed at {searched.name}={value:.4g}, near the {words[end]} of its "
+                                  f"search range {searched.name}={range_text(searched)}: the best may lie beyond it; "
+                                  f"widen that end, e.g. {ranged.with_range(wider)}.")
+    for end, picks in picked.items():
+        wider = widened(lr_range, end) if picks else None
+        if wider is not None:
+            who = ", ".join(f"{label} at lr={lr:.4g}" for label, lr in picks)
+            lr_notes.append(f"{who} {'was' if len(picks) == 1 else 'were'} confirmed near the {words[end]} of the LR "
+                            f"search range (--search lr={range_text(lr_range)}): the best LR may lie beyond it; widen "
+                            f"that end, e.g. --search lr={range_text(wider)}.")
+    return lr_notes + spec_notes
 
 
 def write_tuning_plots(out: Path, folder: Path) -> dict[str, Path]:

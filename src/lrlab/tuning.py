@@ -104,13 +104,16 @@ class RangedSchedule:
     def at_ends(self) -> list[str]:
         return [self.at({r.name: r.low for r in self.ranges}), self.at({r.name: r.high for r in self.ranges})]
 
+    def with_range(self, replacement: Range) -> str:
+        """The spec as written, with `replacement` in place of the range of the same name."""
+        return self.template.format(**{r.name: range_text(replacement if r.name == replacement.name else r)
+                                       for r in self.ranges})
 
-def parse_ranged_schedule(spec: str, reserved: tuple[str, ...] = ()) -> RangedSchedule:
-    """Find the ranges in a schedule spec and check the spec at both ends of every range as any spec is
-    checked (argument names against the torch class, torch's value rules). `reserved` arguments are set
-    by the study itself (the peak LR of one-cycle) and may not be ranged."""
-    from lrlab.schedules import parse_schedule
 
+def find_ranges(spec: str, reserved: tuple[str, ...] = ()) -> RangedSchedule:
+    """The ranges in a schedule spec and the spec around them, read without checking the spec against torch
+    (the report reads a study's specs back with it). `reserved` arguments are set by the study itself
+    (the peak LR of one-cycle) and may not be ranged."""
     if not isinstance(spec, str):
         raise UsageError(f"a schedule should be a spec such as step:step_size=5, got {clip(repr(spec), 40)}")
     ranges: list[Range] = []
@@ -127,10 +130,86 @@ def parse_ranged_schedule(spec: str, reserved: tuple[str, ...] = ()) -> RangedSc
         pieces += [_escape(spec[end:match.start()]), f"{name}={{{name}}}"]
         end = match.end()
     pieces.append(_escape(spec[end:]))
-    ranged = RangedSchedule(spec, "".join(pieces), tuple(ranges))
-    for plain in ranged.at_ends() if ranges else [spec]:
+    return RangedSchedule(spec, "".join(pieces), tuple(ranges))
+
+
+def parse_ranged_schedule(spec: str, reserved: tuple[str, ...] = ()) -> RangedSchedule:
+    """Find the ranges in a schedule spec (`find_ranges`) and check the spec at both ends of every range as
+    any spec is checked (argument names against the torch class, torch's value rules)."""
+    from lrlab.schedules import parse_schedule
+
+    ranged = find_ranges(spec, reserved)
+    for plain in ranged.at_ends() if ranged.ranges else [spec]:
         parse_schedule(plain)
     return ranged
+
+
+# A pick within the outer 5% of its range, on the range's own scale, may have wanted to go further.
+EDGE_FRACTION = 0.05
+# How far a range is widened past an end its pick sat at: a quarter of its width, on its own scale.
+WIDEN_FRACTION = 0.25
+
+
+def end_reached(value: float, searched: Range) -> str | None:
+    """"low" or "high" when `value` lies within the outer EDGE_FRACTION of `searched` on its scale (log or
+    linear), else None."""
+    if searched.log:
+        position = math.log(value / searched.low) / math.log(searched.high / searched.low)
+    else:
+        position = (value - searched.low) / (searched.high - searched.low)
+    if position <= EDGE_FRACTION:
+        return "low"
+    if position >= 1 - EDGE_FRACTION:
+        return "high"
+    return None
+
+
+def widened(searched: Range, end: str) -> Range | None:
+    """`searched` with its `end` ("low" or "high") moved out by WIDEN_FRACTION of its width, or None where
+    that end cannot move. A range of positive values stays positive (an LR, a step size) and a schedule's
+    argument ranged inside [0, 1] stays inside it (a decay factor, a fraction of the run): past those, a
+    spec is not a schedule. The LR, though searched inside [0, 1] too, is no fraction and may pass 1."""
+    edge = searched.low if end == "low" else searched.high
+    outward = -1 if end == "low" else 1
+    if searched.log:
+        moved = edge * (searched.high / searched.low) ** (outward * WIDEN_FRACTION)
+    else:
+        moved = edge + outward * (searched.high - searched.low) * WIDEN_FRACTION
+    if searched.integer:
+        moved = edge + outward * max(1, abs(round(moved - edge)))  # whole numbers move by at least one
+    else:
+        moved = _typed_outward(moved, edge, outward)
+    if end == "low" and searched.low > 0 and moved <= 0:
+        moved = 1 if searched.integer else searched.low / 2
+    if end == "low" and searched.low >= 0:
+        moved = max(moved, 0)
+    if end == "high" and searched.name != "lr" and 0 <= searched.low and searched.high <= 1 and not searched.integer:
+        moved = min(moved, 1.0)
+    if moved == edge:
+        return None
+    low, high = (moved, searched.high) if end == "low" else (searched.low, moved)
+    return Range(searched.name, low, high, searched.log, searched.integer)
+
+
+def _typed_outward(value: float, edge: float, outward: int) -> float:
+    """`value` with the fewest significant digits (two or more) that still lies beyond `edge`: a number a person types."""
+    for digits in (2, 3, 4):
+        rounded = float(f"{value:.{digits}g}")
+        if (rounded - edge) * outward > 0:
+            return rounded
+    return value
+
+
+def range_text(searched: Range) -> str:
+    """`low:high[:log]` as a person writes it back; a range of decimals keeps a decimal point, so that
+    reading it again does not make it a range of whole numbers."""
+    def end_text(value: float) -> str:
+        if searched.integer:
+            return str(int(value))
+        text = f"{float(value):g}"
+        return text if any(mark in text for mark in ".en") else f"{text}.0"
+
+    return f"{end_text(searched.low)}:{end_text(searched.high)}" + (":log" if searched.log else "")
 
 
 def _escape(text: str) -> str:
