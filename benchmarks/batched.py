@@ -2,7 +2,8 @@
 
 Fashion-MNIST, lrlab's `cnn`, batch 128, SGD with momentum; the arms differ in schedule, as in a
 comparison. Each measurement trains `--steps` batches (a slice of the training set), alone through
-`engine.train_one_epoch` and batched through `group.train_group_epoch`, and reports the time per
+`engine.train_epoch` with a plain step and batched through the same loop with a stacked step
+(`group.stacked_step`), and reports the time per
 model: alone it is the epoch's time, batched the group's time divided by K. The epoch figure is
 scaled from the slice to the 469 batches of a full epoch. Repeats are interleaved (alone, K=1,
 K=5, ... then again), after one warm-up of each, and the median and range are printed.
@@ -23,10 +24,9 @@ from dataclasses import replace
 import torch
 
 from lrlab import RunConfig
-from lrlab.engine import Trainer, load_run_data, train_one_epoch
-from lrlab.group import train_group_epoch
-from lrlab.stacked import StackedModel
-from lrlab.vectorized import ArmOptimizer, VectorOptimizer
+from lrlab.engine import Trainer, load_run_data, train_epoch
+from lrlab.group import stacked_step
+from lrlab.vectorized import ArmOptimizer
 
 SCHEDULES = ["constant", "step:step_size=5,gamma=0.5", "cosine:T_max=50", "plateau:mode=min,factor=0.5,patience=5",
              "exponential:gamma=0.95"]
@@ -47,8 +47,7 @@ def trainers(arguments: argparse.Namespace, arms: int, data, scratch: str) -> li
 def seconds_alone(arguments: argparse.Namespace, data, scratch: str) -> float:
     trainer = trainers(arguments, 1, data, scratch)[0]
     started = time.perf_counter()
-    train_one_epoch(trainer.train_loader, trainer.model, trainer.loss_fn, trainer.optimizer, trainer.schedule,
-                    first_step=0, autocast=trainer.autocast)
+    train_epoch(trainer.train_loader, trainer.plain_step(), [trainer.schedule], first_step=0)
     return time.perf_counter() - started
 
 
@@ -57,10 +56,7 @@ def seconds_per_model_batched(arguments: argparse.Namespace, arms: int, data, sc
     for trainer in group:
         trainer.drive(ArmOptimizer(trainer.optimizer_spec, trainer.model.parameters()))
     started = time.perf_counter()
-    stacked = StackedModel([trainer.model for trainer in group], group[0].loss_fn)
-    optimizer = VectorOptimizer(stacked.parameter_list(), [trainer.optimizer for trainer in group])
-    train_group_epoch(group[0].train_loader, stacked, optimizer, [t.schedule for t in group], first_step=0,
-                      autocast=group[0].autocast)
+    train_epoch(group[0].train_loader, stacked_step(group), [trainer.schedule for trainer in group], first_step=0)
     return (time.perf_counter() - started) / arms
 
 

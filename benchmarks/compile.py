@@ -12,7 +12,8 @@ import time
 import torch
 
 from lrlab import RunConfig, Trainer
-from lrlab.engine import train_one_epoch
+from lrlab.engine import train_epoch
+from lrlab.step import PlainStep
 
 STEPS, BATCH = 40, 256
 
@@ -20,8 +21,8 @@ STEPS, BATCH = 40, 256
 def images_per_second(trainer: Trainer, model: torch.nn.Module) -> float:
     trainer.train_loader.set_epoch(1)
     started = time.perf_counter()
-    train_one_epoch(trainer.train_loader, model, trainer.loss_fn, trainer.optimizer, trainer.schedule,
-                    first_step=0, autocast=trainer.autocast)
+    train_epoch(trainer.train_loader, PlainStep(model, trainer.optimizer, trainer.loss_fn, trainer.autocast),
+                [trainer.schedule], first_step=0)
     return STEPS * BATCH / (time.perf_counter() - started)
 
 

@@ -1,4 +1,4 @@
-"""What evaluation and logging add to an epoch: a whole `Trainer` epoch against `train_one_epoch` alone.
+"""What evaluation and logging add to an epoch: a whole `Trainer` epoch against `train_epoch` alone.
 
 The whole epoch is the real thing (evaluation on the full test set, steps.csv and metrics.csv,
 best.pt and last.pt, the progress bar); the bare one is the same training pass and nothing else.
@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from lrlab import RunConfig, Trainer
-from lrlab.engine import train_one_epoch
+from lrlab.engine import train_epoch
 
 
 def main() -> None:
@@ -39,8 +39,7 @@ def main() -> None:
         trainer = Trainer(config, data, overwrite=True)
         trainer.train_loader.set_epoch(1)
         started = time.perf_counter()
-        train_one_epoch(trainer.train_loader, trainer.model, trainer.loss_fn, trainer.optimizer, trainer.schedule,
-                        first_step=0, autocast=trainer.autocast)
+        train_epoch(trainer.train_loader, trainer.plain_step(), [trainer.schedule], first_step=0)
         bare.append(time.perf_counter() - started)
     print(f"cnn width {arguments.width}, batch {arguments.batch_size}, Fashion-MNIST (60,000 train, 10,000 test images), "
           f"median of {arguments.repeats}")

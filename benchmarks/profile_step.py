@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import peers
 
 from lrlab import RunConfig, Trainer
-from lrlab.engine import train_one_epoch
+from lrlab.engine import train_epoch
 
 
 def main() -> None:
@@ -33,8 +33,7 @@ def main() -> None:
                        optimizer="sgd:lr=0.05,momentum=0.9,weight_decay=5e-4", out=tempfile.mkdtemp(), quiet=True)
     trainer = Trainer(config, overwrite=True)
     trainer.train_loader.set_epoch(1)
-    run = lambda: train_one_epoch(trainer.train_loader, trainer.model, trainer.loss_fn, trainer.optimizer, trainer.schedule,
-                                  first_step=0, autocast=trainer.autocast)
+    run = lambda: train_epoch(trainer.train_loader, trainer.plain_step(), [trainer.schedule], first_step=0)
     run()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         run()

@@ -29,7 +29,7 @@ from lrlab import engine
 def stop(*arguments, **keywords):
     print(time.process_time(), flush=True)
     os._exit(0)
-engine.train_one_epoch = stop
+engine.train_epoch = stop
 from lrlab.cli import main
 main(sys.argv[1:])
 """

@@ -273,7 +273,7 @@ def test_grid_progress_shows_run_epoch_and_time_left(base, capfd, terminal):
     run_comparison(base, variants_from_specs(["constant"]), [0], base.out, show_progress=True)
     error = capfd.readouterr().err
     assert "pass 1/1: constant seed 0, epoch 3" in error and "<" in error  # tqdm's elapsed<remaining
-    assert "lrlab: 1 run, one at a time (auto on the CPU" in error
+    assert "lrlab: 1 run, one at a time (auto: no two runs of a seed can share a pass)" in error
 
 
 @pytest.mark.parametrize("spec", ["step:step_size=1,gamma=0.5", "onecycle:max_lr=0.1", "warmup(linear,epochs=1)+cosine:T_max=2",

@@ -1,3 +1,4 @@
+import contextlib
 import itertools
 import warnings
 from pathlib import Path
@@ -7,7 +8,8 @@ import torch
 
 from lrlab import Trainer, load_config, train
 from lrlab import engine
-from lrlab.engine import BATCHNORM_RECOMPUTE_BATCHES, evaluate, evaluate_run, train_one_epoch
+from lrlab.engine import evaluate, train_epoch
+from lrlab.step import BATCHNORM_RECOMPUTE_BATCHES, PlainStep
 from lrlab.errors import UsageError
 from lrlab.optimizers import set_training_mode
 from lrlab.runs import METRIC_COLUMNS, STEP_COLUMNS, RunDirectory
@@ -24,7 +26,7 @@ def test_a_run_leaves_a_complete_run_directory(tiny_config):
     run = RunDirectory(config.out)
     metrics, steps = run.read_metrics(), run.read_steps()
     assert result.state == "finished" and run.read_status()["state"] == "finished"
-    assert list(metrics[0]) == list(METRIC_COLUMNS) and list(steps[0]) == list(STEP_COLUMNS)
+    assert list(metrics[0]) == list(METRIC_COLUMNS) and list(steps[0]) == [*STEP_COLUMNS, "momentum"]
     assert [row["epoch"] for row in metrics] == [1, 2, 3]
     steps_per_epoch = -(-(1437 - 144) // 64)  # a tenth of the training images validate
     assert [row["step"] for row in steps] == list(range(1, 3 * steps_per_epoch + 1))
@@ -161,7 +163,7 @@ def test_schedule_free_optimizer_is_evaluated_with_its_averaged_weights(tiny_con
     assert trainer.optimizer.param_groups[0]["train_mode"] is True
     trainer.model.load_state_dict(best["model"])
     for split, loader in trainer.evaluation_loaders.items():  # evaluated as the run evaluates (bf16 autocast)
-        assert evaluate(loader, trainer.model, trainer.loss_fn, trainer.autocast)[1] == best[f"{split}_acc"]
+        assert evaluate(loader, PlainStep(trainer.model, trainer.optimizer, trainer.loss_fn, trainer.autocast))[1] == [best[f"{split}_acc"]]
     assert best["test_acc"] == result.best_test_acc
     assert any(not torch.equal(a.cpu(), b.cpu()) for a, b in zip(best["model"].values(), last["model"].values()))
 
@@ -169,11 +171,12 @@ def test_schedule_free_optimizer_is_evaluated_with_its_averaged_weights(tiny_con
 def test_schedule_free_evaluation_recomputes_batchnorm_statistics_at_the_averaged_weights(tiny_config):
     trainer = Trainer(tiny_config(optimizer="adamw-schedulefree:lr=0.01", precision="fp32", epochs=1))
     trainer.fit()
-    metrics, _, evaluated = evaluate_run(trainer.model, trainer.optimizer, trainer.train_loader, trainer.evaluation_loaders,
-                                         trainer.loss_fn)
+    step = trainer.plain_step()
+    with step.evaluation_point(trainer.train_loader) as [evaluated]:
+        corrected_loss, _, _ = evaluate(trainer.test_loader, step)
     set_training_mode(trainer.optimizer, False)  # the averaged weights with the statistics gathered at y
-    uncorrected_loss, _, _ = evaluate(trainer.test_loader, trainer.model, trainer.loss_fn)
-    assert metrics["test_loss"] != uncorrected_loss
+    uncorrected_loss, _, _ = evaluate(trainer.test_loader, step)
+    assert corrected_loss != uncorrected_loss
     conv, batchnorm = trainer.model[0][0], "0.1"
     batches = list(itertools.islice(trainer.train_loader, BATCHNORM_RECOMPUTE_BATCHES))
     with torch.no_grad():
@@ -197,10 +200,15 @@ def same_state(a, b) -> bool:
 def test_training_is_bit_identical_with_and_without_evaluation(tiny_config, tmp_path, monkeypatch, optimizer):
     evaluated = Trainer(tiny_config(optimizer=optimizer, out=str(tmp_path / "evaluated")))
     evaluated.fit()
-    def no_evaluation(model, optimizer, train_loader, loaders, *args, **kwargs):
-        return {f"{split}_{figure}": 0.0 for split in loaders for figure in ("loss", "acc")}, {}, model.state_dict()
+    def no_evaluation(loaders, step, *args, **kwargs):
+        return [{f"{split}_{figure}": 0.0 for split in loaders for figure in ("loss", "acc")}], [{}]
 
-    monkeypatch.setattr(engine, "evaluate_run", no_evaluation)
+    @contextlib.contextmanager
+    def at_the_training_point(step, batches, ranks=None):
+        yield [None]
+
+    monkeypatch.setattr(engine, "evaluate_splits", no_evaluation)
+    monkeypatch.setattr(PlainStep, "evaluation_point", at_the_training_point)
     unevaluated = Trainer(tiny_config(optimizer=optimizer, out=str(tmp_path / "unevaluated")))
     unevaluated.fit()
     a, b = RunDirectory(evaluated.config.out), RunDirectory(unevaluated.config.out)
@@ -255,8 +263,8 @@ def device_waits_in_an_epoch(trainer: Trainer, epoch: int) -> int:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            train_one_epoch(trainer.train_loader, trainer.model, trainer.loss_fn, trainer.optimizer, trainer.schedule,
-                            first_step=trainer.schedule.step_count, autocast=trainer.autocast, check_every=10**6)
+            train_epoch(trainer.train_loader, trainer.plain_step(), [trainer.schedule],
+                        first_step=trainer.schedule.step_count, check_every=10**6)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return len([w for w in caught if "synchroniz" in str(w.message)])
@@ -279,6 +287,40 @@ def test_cnn_learns_real_fashion_mnist_on_a_slice(tiny_config):
     assert result.final_test_acc > 0.6
 
 
+
+
+@pytest.mark.parametrize("optimizer, schedule, expected", [
+    ("sgd:lr=0.05,momentum=0.9", "onecycle:max_lr=0.1", "moves"),  # one-cycle cycles SGD's momentum against the LR
+    ("adamw:lr=0.01", "onecycle:max_lr=0.01", "moves"),  # and Adam's first beta
+    ("sgd:lr=0.05,momentum=0.9", "constant", "fixed"),
+    ("adagrad:lr=0.01", "constant", None),  # no momentum: no column
+])
+def test_steps_csv_logs_the_momentum_a_schedule_sets_when_the_optimizer_has_one(tiny_config, optimizer, schedule, expected):
+    config = tiny_config(optimizer=optimizer, schedule=schedule, epochs=2)
+    train(config)
+    run = RunDirectory(config.out)
+    if expected is None:
+        assert "momentum" not in run.step_columns()
+        return
+    momenta = [row["momentum"] for row in run.read_steps()]
+    last = torch.load(run.last_path, weights_only=True)["optimizer"]["param_groups"][0]
+    assert len(momenta) == len(run.read_steps()) and all(0 < m < 1 for m in momenta)
+    assert (len(set(momenta)) > 2) == (expected == "moves")
+    # The value logged before the last step is the one that step used; one-cycle then moves it once more.
+    final = last.get("momentum", last.get("betas", [None])[0])
+    assert momenta[-1] == pytest.approx(final, abs=0.01)
+
+
+def test_building_a_trainer_locks_writes_and_prints_nothing(tiny_config, tmp_path, capfd):
+    # Assembly has no side effects; `train` takes the lock, checks the folder and prints doctor's notes.
+    config = tiny_config(schedule="cosine:T_max=30", quiet=False, out=str(tmp_path / "new" / "run"))
+    trainer = Trainer(config)
+    assert not (tmp_path / "new").exists() and capfd.readouterr().err == ""
+    assert any("T_max" in line for line in trainer.notes())  # what doctor says, for the caller to print
+    with pytest.raises(UsageError, match="lr=auto needs the range test's pick"):
+        Trainer(tiny_config(optimizer="sgd:lr=auto", out=str(tmp_path / "auto")))
+    assert train(config).state == "finished"
+    assert any(line.startswith("lrlab: note:") and "T_max" in line for line in capfd.readouterr().err.splitlines())
 
 
 def test_status_json_says_which_epoch_a_running_run_is_on(tiny_config):

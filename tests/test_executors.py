@@ -74,7 +74,8 @@ def test_a_seed_gives_the_same_numbers_in_process_in_a_pool_and_on_ray(tiny_conf
     assert isinstance(executors["pool"], LocalProcesses)
     numbers = {}
     for name, executor in executors.items():
-        outcomes = run_comparison(base, VARIANTS, SEEDS, tmp_path / name, show_progress=False, executor=executor)
+        outcomes = run_comparison(base, VARIANTS, SEEDS, tmp_path / name, show_progress=False, executor=executor,
+                                  runs_per_pass=1)  # grouped runs drift from runs alone: the same path everywhere
         assert [o.state for o in outcomes] == ["finished"] * 4
         numbers[name] = grid_numbers(tmp_path / name)
     assert numbers["pool"] == numbers["here"]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import slow_epochs, without_timing
 
-from lrlab import Trainer, train
+from lrlab import Trainer, engine, train
 from lrlab.cli import main
 from lrlab.config import config_yaml
 from lrlab.errors import UsageError
@@ -318,7 +318,8 @@ def test_a_real_full_disk_mid_run_exits_2_and_the_run_resumes_once_there_is_room
                                    env={**os.environ, **slow_epochs(0.3)}, stderr=subprocess.PIPE, text=True)
         run = RunDirectory(config.out)
         deadline = time.time() + 60
-        while time.time() < deadline and len(run.read_metrics()) < 2:
+        # status.json names epoch 2 only once that epoch's last.pt is written: the disk fills after it.
+        while time.time() < deadline and run.read_status().get("epoch", 0) < 2:
             time.sleep(0.05)
         filler = disk / "filler"
         with open(filler, "wb") as handle, contextlib.suppress(OSError):
@@ -359,8 +360,8 @@ def test_deterministic_turns_torch_deterministic_on_for_the_run_only_and_says_wh
     plain = tiny_config(out=str(tmp_path / "plain"))
     strict = tiny_config(out=str(tmp_path / "strict"), deterministic=True, quiet=False)
     train(plain)
-    Trainer(strict, on_epoch=lambda epoch, metrics: seen.append(
-        (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))).fit()
+    engine.train(strict, on_epoch=lambda epoch, metrics: seen.append(
+        (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)))
     assert seen == [(True, False)] * 3
     assert not torch.are_deterministic_algorithms_enabled()
     assert "--deterministic: the cpu kernels lrlab uses are deterministic already" in capsys.readouterr().err

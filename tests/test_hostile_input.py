@@ -252,12 +252,12 @@ def test_lrs_that_print_alike_get_folders_of_their_own_and_both_finish(tmp_path)
 
 def test_a_refused_run_never_marks_a_finished_run_failed(tmp_path):
     from lrlab.config import RunConfig
-    from lrlab.executors import train_or_resume
+    from lrlab.executors import train_pass
 
     config = RunConfig(dataset="digits", model="mlp", width=4, epochs=1, out=str(tmp_path / "run"), quiet=True)
     lrlab.train(config)
     before = fingerprint(tmp_path / "run")
-    state, reason = train_or_resume(RunConfig(**{**config.to_dict(), "optimizer": "sgd:lr=0.2"}))
+    [(state, reason)] = train_pass([RunConfig(**{**config.to_dict(), "optimizer": "sgd:lr=0.2"})])
     assert state == "failed" and "different optimizer" in reason
     assert fingerprint(tmp_path / "run") == before
 

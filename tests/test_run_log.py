@@ -24,10 +24,21 @@ def test_every_run_folder_has_a_plain_text_log(tiny):
     config = tiny(schedule="step:step_size=1,gamma=0.5")
     lrlab.train(config)
     lines = (Path(config.out) / "log.txt").read_text().splitlines()
-    assert "started epoch 0 of 2: schedule step:step_size=1,gamma=0.5" in lines[0]
+    assert "started epoch 0 of 2: schedule step:step_size=1,gamma=0.5" in lines[0] and lines[0].endswith(", alone")
     assert [line.split("  ", 1)[1][:11] for line in lines[1:3]] == ["epoch   1/2", "epoch   2/2"]
     assert lines[-1].endswith("finished at epoch 2")
     assert "\r" not in (Path(config.out) / "log.txt").read_text()
+
+
+def test_the_log_says_a_run_trained_in_a_group(tiny, tmp_path):
+    # A run trained in a group drifts from the same run alone in the last bits: its log says which it was.
+    from lrlab.group import train_group
+
+    configs = [tiny(schedule=spec, out=str(tmp_path / name)) for name, spec in (("a", "constant"), ("b", "exponential:gamma=0.9"))]
+    train_group(configs)
+    for config in configs:
+        first = (Path(config.out) / "log.txt").read_text().splitlines()[0]
+        assert first.endswith(", in a group of 2 runs sharing a pass")
 
 
 def test_progress_piped_to_a_file_has_no_carriage_return_frames(tmp_path, capsys):

@@ -1,24 +1,23 @@
-"""The one training loop: train an epoch, step the schedule where its spec says, evaluate, record.
+"""The one training loop, over a group of runs that share their batches (a run alone is the group of one).
 
-`train_one_epoch` and `evaluate` have the shape of the PyTorch quickstart's `train()` and `test()`;
-`Trainer` adds what a long run needs around them: the run directory, checkpoints, resume,
-divergence detection and progress.
+`train_epoch` and `evaluate` have the shape of the PyTorch quickstart's `train()` and `test()`, for
+every arm of a `step.Step` at once; `fit_runs` carries runs out epoch by epoch and ends each its own
+way; `Trainer` is one run: assembled from its config, with its run directory, checkpoints and resume.
+`train` is the entry point for one run: it checks the folder, resolves lr=auto and prints doctor's notes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import itertools
 import json
 import math
 import os
 import sys
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,22 +30,17 @@ from lrlab.data import BatchLoader, ImageData, load_dataset
 from lrlab.errors import UsageError, clip, first_names
 from lrlab.models import (check_model, model_arguments, model_factory, model_source, model_source_change, seed_generators,
                           training_bytes)
-from lrlab.optimizers import (
-    build_optimizer,
-    is_schedule_free,
-    parse_optimizer,
-    set_training_mode,
-    with_lr,
-)
+from lrlab.optimizers import build_optimizer, parse_optimizer, with_lr
 from lrlab.preview import doctor
 from lrlab.runs import FollowerRun, RunDirectory
 from lrlab.schedules import ScheduleDriver, parse_schedule
-from lrlab.steps import eager_step
+from lrlab.step import PlainStep, Step
 
 if TYPE_CHECKING:
     from lrlab import lrfinder  # imported where a range test runs: it brings scipy.signal, a second to import
 
 CHECKPOINT_FORMAT = 1
+RANGE_TEST_START = 1e-7  # the smallest LR an LR range test tries, unless told otherwise
 # What restore() reads from last.pt, and the type each must have.
 CHECKPOINT_FIELDS = {
     "config": dict, "epoch": int, "best_selection_acc": (int, float), "best_epoch": int, "elapsed_seconds": (int, float),
@@ -91,107 +85,149 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_one_epoch(
-    loader: BatchLoader,
-    model: nn.Module,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: ScheduleDriver,
-    *,
-    first_step: int,
-    autocast: Any = nullcontext,
-    progress: tqdm | None = None,
-    check_every: int = 1,
-    ranks: distributed.Ranks = distributed.SINGLE,
-) -> tuple[float, float, list[float], list[float]]:
-    """One pass over `loader`; returns mean loss, accuracy, and each step's LR and loss.
+@dataclass
+class EpochTotals:
+    """What one epoch of training gave each arm of a step (indexed like the arms at the epoch's start)."""
 
-    Loss and accuracy are summed on the device and read once at the end, so an accelerator is
-    never made to wait for the host; the NaN check reads the losses of the last `check_every`
-    steps every `check_every` steps.
-    Under torchrun `model` is the DDP wrapper and the figures returned are those of all ranks.
+    train_loss: list[float]
+    train_acc: list[float]
+    step_lrs: list[list[float]]
+    step_momenta: list[list[float | None]]
+    step_losses: list[list[float]]
+    diverged: dict[int, Diverged] = field(default_factory=dict)
+
+
+def momentum_of(optimizer: torch.optim.Optimizer) -> float | None:
+    """The momentum a schedule may move with the LR (SGD's momentum, Adam's first beta), as
+    Lightning's LearningRateMonitor logs it; None for an optimizer without one."""
+    group = optimizer.param_groups[0]
+    if "momentum" in group:
+        return group["momentum"]
+    betas = group.get("betas")
+    return betas[0] if isinstance(betas, (tuple, list)) and betas else None
+
+
+def train_epoch(loader: BatchLoader, step: Step, schedules: list[ScheduleDriver], *, first_step: int,
+                check_every: int = 1, progress: tqdm | None = None,
+                ranks: distributed.Ranks = distributed.SINGLE) -> EpochTotals:
+    """One pass over `loader` for every arm of `step`, each arm's schedule stepped where its spec says.
+
+    Losses and accuracies are summed on the device and read once at the end, so an accelerator is
+    never made to wait for the host; every `check_every` steps the losses since the last check are
+    read, and an arm whose loss is not finite leaves the step there (no arm's numbers feed
+    another's, so it cannot have disturbed the rest). Under torchrun (one arm) the figures are those
+    of all ranks, and the check runs once, on the losses of the global batches, at the end.
     """
-    model.train()
-    set_training_mode(optimizer, True)
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    step_lrs: list[float] = []
+    step.start_epoch()
+    arms = step.arms
+    device = step.device
+    alive = list(range(arms))
+    step_losses = torch.full((len(loader), arms), math.nan, device=device)
+    loss_sums = torch.zeros(arms, device=device)
+    correct = torch.zeros(arms, device=device, dtype=torch.long)
+    step_lrs: list[list[float]] = [[] for _ in range(arms)]
+    step_momenta: list[list[float | None]] = [[] for _ in range(arms)]
     step_counts: list[int] = []
-    step_losses = torch.empty(len(loader), device=device)
-    checked = 0  # steps whose loss the NaN check has read
+    diverged: dict[int, Diverged] = {}
+    checked, steps, rows = 0, 0, None
     for index, (images, labels) in enumerate(loader):
-        step_lrs.append(optimizer.param_groups[0]["lr"])
+        for arm in alive:
+            step_lrs[arm].append(schedules[arm].optimizer.param_groups[0]["lr"])
+            step_momenta[arm].append(momentum_of(schedules[arm].optimizer))
         # Under DDP, weighting each rank's mean by its share of the global batch makes the
         # average of the ranks' gradients the gradient of the global batch's mean loss.
         loss_scale = len(labels) * ranks.world / loader.global_batch_size(index) if ranks.distributed else 1.0
-        loss, logits = eager_step(model, loss_fn, optimizer, images, labels, autocast, loss_scale)
-        schedule.after_step()
-        step_losses[index] = loss
+        losses, logits = step.train(images, labels, loss_scale)
+        for arm in alive:
+            schedules[arm].after_step()
+        if rows is None or len(rows) != len(alive):  # made afresh only when an arm leaves: no copy to the device per step
+            rows = torch.tensor(alive, device=device)
+        step_losses[index, rows] = losses
+        loss_sums[rows] += losses * len(labels)
+        correct[rows] += (logits.argmax(-1) == labels).sum(-1)
         step_counts.append(len(labels))
-        loss_sum += loss * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        if not ranks.distributed and (index + 1) % check_every == 0:
-            latest_loss = _check_finite(step_losses[checked : index + 1].tolist(), first_step + checked)
-            checked = index + 1
-            if progress is not None:  # the loss was read for the check already: showing it costs no wait
-                progress.set_postfix(loss=f"{latest_loss:.4f}", lr=f"{step_lrs[-1]:.3g}", refresh=False)
+        steps = index + 1
+        if not ranks.distributed and (steps % check_every == 0 or steps == len(loader)):
+            alive = _drop_diverged(step_losses[checked:steps], alive, first_step + checked, diverged, step)
+            checked = steps
+            if progress is not None and alive:  # the losses were read for the check already: showing one costs no wait
+                progress.set_postfix(loss=f"{float(step_losses[steps - 1, alive[0]]):.4f}",
+                                     lr=f"{step_lrs[alive[0]][-1]:.3g}", refresh=False)
         if progress is not None:
             progress.update(1)
-    steps = len(step_lrs)
-    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, correct, sum(step_counts), ranks)
+        if not alive:
+            break
     step_losses = step_losses[:steps]
+    seen = sum(step_counts)
     if ranks.distributed:
         counts = torch.tensor(step_counts, dtype=step_losses.dtype).to(device)
-        weighted = distributed.sum_over_ranks(torch.cat([step_losses * counts, counts]), ranks)
-        step_losses, checked = weighted[:steps] / weighted[steps:], 0
-    # Every rank sees the same reduced losses, so every rank stops at the same step.
-    losses = step_losses.tolist()
-    _check_finite(losses[checked:], first_step + checked)
-    return loss_total / seen, correct_total / seen, step_lrs, losses
+        weighted = distributed.sum_over_ranks(torch.cat([step_losses[:, 0] * counts, counts]), ranks)
+        step_losses = (weighted[:steps] / weighted[steps:]).unsqueeze(1)
+        # Every rank sees the same reduced losses, so every rank stops at the same step.
+        _drop_diverged(step_losses, alive, first_step, diverged, step)
+        loss_total, correct_total, seen = distributed.pass_totals(loss_sums[0], correct[0], seen, ranks)
+        loss_totals, correct_totals = [loss_total], [correct_total]
+    else:
+        loss_totals, correct_totals = loss_sums.tolist(), correct.tolist()
+    losses_by_arm = step_losses.T.tolist()
+    return EpochTotals([total / seen for total in loss_totals], [total / seen for total in correct_totals],
+                       step_lrs, step_momenta, losses_by_arm, diverged)
 
 
-def _check_finite(losses: list[float], first_step: int) -> float:
-    """The last of `losses` (those of the steps after `first_step`); Diverged at the first that is not finite."""
-    for offset, loss in enumerate(losses):
-        if not math.isfinite(loss):
-            raise Diverged(first_step + offset + 1, loss)
-    return losses[-1] if losses else math.nan
+def _drop_diverged(window: torch.Tensor, alive: list[int], first_step: int, diverged: dict[int, Diverged],
+                   step: Step) -> list[int]:
+    """Mark each alive arm with a non-finite loss in `window` (steps after `first_step`) diverged, drop it
+    from `step`, and return the arms that go on."""
+    finite = torch.isfinite(window[:, alive]).all(0).tolist()
+    if all(finite):
+        return alive
+    for arm, ok in zip(alive, finite):
+        if not ok:
+            first_bad = int((~torch.isfinite(window[:, arm])).nonzero()[0])
+            diverged[arm] = Diverged(first_step + first_bad + 1, float(window[first_bad, arm]))
+    keep = [position for position, ok in enumerate(finite) if ok]
+    if keep:
+        step.keep(keep)
+    return [alive[position] for position in keep]
 
 
 @torch.no_grad()
-def evaluate(loader: BatchLoader, model: nn.Module, loss_fn: nn.Module, autocast: Any = nullcontext,
-             ranks: distributed.Ranks = distributed.SINGLE) -> tuple[float, float, torch.Tensor | None]:
-    """Mean loss and accuracy of `model` over `loader` (over every rank's share under torchrun), and
-    which images it got right, in the loader's order (None under torchrun, where each rank sees a share)."""
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
+def evaluate(loader: BatchLoader, step: Step,
+             ranks: distributed.Ranks = distributed.SINGLE) -> tuple[list[float], list[float], torch.Tensor | None]:
+    """Each arm's mean loss and accuracy over `loader` (over every rank's share under torchrun), and
+    which images each arm got right, arms x images in the loader's order (None under torchrun, where
+    each rank sees a share)."""
+    arms = step.arms
+    loss_sums = torch.zeros(arms, device=step.device)
     hits = []
     seen = 0
     for images, labels in loader:
         if not len(labels):
             continue
-        with autocast():
-            logits = model(images)
-        loss_sum += loss_fn(logits.float(), labels) * len(labels)
-        hits.append(logits.argmax(1) == labels)
+        losses, logits = step.evaluation_losses(images, labels)
+        loss_sums += losses * len(labels)
+        hits.append(logits.argmax(-1) == labels)
         seen += len(labels)
-    right = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=device)
-    loss_total, correct_total, seen = distributed.pass_totals(loss_sum, right.sum(), seen, ranks)
-    return loss_total / seen, correct_total / seen, None if ranks.distributed else right.cpu()
+    right = torch.cat(hits, dim=1) if hits else torch.zeros(arms, 0, dtype=torch.bool, device=step.device)
+    if ranks.distributed:
+        loss_total, correct_total, seen = distributed.pass_totals(loss_sums[0], right.sum(), seen, ranks)
+        return [loss_total / seen], [correct_total / seen], None
+    # Divided in float64, as the totals read into Python floats would be.
+    return (loss_sums.double() / seen).tolist(), (right.sum(1).double() / seen).tolist(), right.cpu()
 
 
-def evaluate_splits(loaders: dict[str, BatchLoader], model: nn.Module, loss_fn: nn.Module, autocast: Any = nullcontext,
-                    ranks: distributed.Ranks = distributed.SINGLE) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """`<split>_loss` and `<split>_acc` for each evaluation split ('val' when the run has one, 'test'),
-    and which images of each the model got right (empty under torchrun)."""
-    metrics, correct = {}, {}
+def evaluate_splits(loaders: dict[str, BatchLoader], step: Step, ranks: distributed.Ranks = distributed.SINGLE
+                    ) -> tuple[list[dict[str, float]], list[dict[str, torch.Tensor]]]:
+    """For each arm, `<split>_loss` and `<split>_acc` for each evaluation split ('val' when the runs have one,
+    'test'), and which images of each it got right (empty under torchrun)."""
+    metrics: list[dict[str, float]] = [{} for _ in range(step.arms)]
+    correct: list[dict[str, torch.Tensor]] = [{} for _ in range(step.arms)]
     for split, loader in loaders.items():
-        loss, accuracy, right = evaluate(loader, model, loss_fn, autocast, ranks)
-        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = loss, accuracy
-        if right is not None:
-            correct[split] = right
+        losses, accuracies, right = evaluate(loader, step, ranks)
+        for arm in range(step.arms):
+            metrics[arm][f"{split}_loss"], metrics[arm][f"{split}_acc"] = losses[arm], accuracies[arm]
+            if right is not None:
+                correct[arm][split] = right[arm]
     return metrics, correct
 
 
@@ -236,68 +272,6 @@ class BestEpoch:
                                        **{f"final_{k}": v for k, v in correct.items()},
                                        **{f"best_{k}": v for k, v in self.correct.items()})
         return improved
-
-
-# The schedulefree README recomputes BatchNorm statistics on 50 training batches before evaluating.
-BATCHNORM_RECOMPUTE_BATCHES = 50
-
-
-def evaluate_run(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train_loader: BatchLoader,
-    loaders: dict[str, BatchLoader],
-    loss_fn: nn.Module,
-    *,
-    autocast: Any = nullcontext,
-    ranks: distributed.Ranks = distributed.SINGLE,
-    batchnorm_batches: int = BATCHNORM_RECOMPUTE_BATCHES,
-) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One run's evaluation between epochs: `evaluate_splits` on `loaders`, and the weights it evaluated (for best.pt).
-
-    A schedule-free optimizer takes its gradients at one point (y) and returns the average of its
-    iterates (x); x is what is evaluated and kept. BatchNorm's running statistics were gathered at
-    y, so, as the schedulefree README asks, they are recomputed at x on the first
-    `batchnorm_batches` training batches of the epoch just trained. Afterwards the weights,
-    BatchNorm statistics, RNG and model mode are put back bit for bit (switching x back to y with the
-    optimizer's own arithmetic is not exact in floating point), so training goes on exactly as if
-    it had not been evaluated. For other optimizers the weights returned are the model's own,
-    valid until it trains again.
-    """
-    was_training = model.training
-    if not is_schedule_free(optimizer):
-        metrics, correct = evaluate_splits(loaders, model, loss_fn, autocast, ranks)
-        model.train(was_training)
-        return metrics, correct, model.state_dict()
-    training_state = {name: value.clone() for name, value in model.state_dict().items()}
-    set_training_mode(optimizer, False)
-    try:
-        recompute_batchnorm(model, itertools.islice(train_loader, batchnorm_batches), autocast, ranks)
-        metrics, correct = evaluate_splits(loaders, model, loss_fn, autocast, ranks)
-        evaluated = {name: value.clone() for name, value in model.state_dict().items()}
-    finally:
-        set_training_mode(optimizer, True)
-        model.load_state_dict(training_state)
-        model.train(was_training)
-    return metrics, correct, evaluated
-
-
-def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], autocast: Any = nullcontext,
-                        ranks: distributed.Ranks = distributed.SINGLE) -> None:
-    """BatchNorm running statistics made the plain average over `batches` at the current weights.
-
-    torch's `update_bn` (from SWA, which has the same problem) does the work; the RNG is forked so
-    that a layer drawing random numbers in training mode (dropout) leaves the run's RNG as it was.
-    Under torchrun the ranks' statistics are averaged, so every rank evaluates the same model.
-    """
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
-        torch.optim.swa_utils.update_bn(batches, model)
-    if ranks.distributed:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-                for statistic in (module.running_mean, module.running_var):
-                    statistic.copy_(distributed.sum_over_ranks(statistic.clone(), ranks) / ranks.world)
 
 
 @contextlib.contextmanager
@@ -387,13 +361,20 @@ def check_footprint(config: RunConfig, data: ImageData, build_model: Callable[[]
 
 
 class Trainer:
-    """Builds a run from its config and carries it out, epoch by epoch, into a run directory."""
+    """One run, assembled from its config (data, model, optimizer, schedule driver, run folder), and
+    what it does around the loop: checkpoints, resume, recording an epoch, and how it ends.
+
+    Building one has no side effects: nothing is locked, written or printed, no range test runs;
+    `train` (or an executor) does those, and `engine.fit_runs` carries the run out, alone or in a group.
+    """
 
     def __init__(self, config: RunConfig, data: ImageData | None = None, resume: bool = False, overwrite: bool = False,
-                 on_epoch: Callable[[int, dict[str, float]], None] | None = None, take_over_lock: bool = False,
-                 builder: Callable[..., nn.Module] | None = None):
-        """`take_over_lock` is for an executor retrying a run whose worker it knows is dead; `builder` is
-        the user's model class or function when it was handed over as a Python object."""
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                 builder: Callable[..., nn.Module] | None = None, device: torch.device | None = None,
+                 auto_lr: float | None = None):
+        """`builder` is the user's model class or function when it was handed over as a Python object;
+        `device` this process's device when the caller has chosen it (under torchrun, this rank's);
+        `auto_lr` the LR an `lr=auto` optimizer trains with (`pick_auto_lr` finds it)."""
         self.config = config.validate()
         self.on_epoch = on_epoch
         self.ranks = distributed.from_environment()
@@ -402,20 +383,19 @@ class Trainer:
         if resume and overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pick one")
         self.resume, self.overwrite = resume, overwrite
-        # The lock comes before every look at the folder and is held across lr=auto's range test, so
-        # what is decided about the folder stays true until fit() has written the run.
-        self.release_lock = weakref.finalize(self, self.run.acquire_lock(take_over_lock))
-        try:
-            if self.ranks.main:
-                self._check_run_directory()
-            self._assemble(data, builder)
-        except BaseException:
-            self.release_lock()
-            raise
+        self.directory_checked = False  # by `check_run_directory`, under the run's lock (`train` checks before assembling)
+        self.extended_from: int | None = None
+        self.writer: Any = None
+        self._assemble(data, builder, device, auto_lr)
 
-    def _assemble(self, data: ImageData | None, builder: Callable[..., nn.Module] | None) -> None:
+    def _assemble(self, data: ImageData | None, builder: Callable[..., nn.Module] | None, device: torch.device | None,
+                  auto_lr: float | None) -> None:
         config = self.config
-        self.device = distributed.start(self.ranks, resolve_device(config.device), chosen_automatically=config.device == "auto")
+        if device is None:
+            device = resolve_device(config.device)
+            if self.ranks.distributed:
+                device = distributed.rank_device(self.ranks, device, chosen_automatically=config.device == "auto")
+        self.device = device
         # Measured here: bf16 autocast with channels-last halves a small conv net's epoch on the CPU,
         # as it speeds up CUDA; MPS autocast support is patchy, so it stays in fp32.
         fast_path = self.device.type in ("cuda", "cpu")
@@ -459,27 +439,35 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.optimizer_spec = parse_optimizer(config.optimizer)
         if self.optimizer_spec.arguments.get("lr") == "auto":
-            if self.ranks.distributed:
-                raise UsageError("lr=auto is not available under torchrun; run lrlab find-lr first and pass the LR it prints")
-            self.optimizer_spec = parse_optimizer(with_lr(config.optimizer, self._auto_lr()))
+            if auto_lr is None:
+                raise UsageError("lr=auto needs the range test's pick: train through lrlab.train or the lrlab command, "
+                                 "which run the test, or give the LR")
+            self.optimizer_spec = parse_optimizer(with_lr(config.optimizer, auto_lr))
         self.optimizer = build_optimizer(self.optimizer_spec, self.model.parameters())
         self.schedule = ScheduleDriver(parse_schedule(config.schedule), self.optimizer, config.epochs, len(self.train_loader))
-        if not self.quiet:
-            for line in doctor(self.schedule.spec, config.epochs, self.steps_per_epoch):
-                print(f"lrlab: note: {line}", file=sys.stderr)
-            if config.deterministic:
-                cost = ("cuDNN autotuning is off and only deterministic kernels run, so steps are slower"
-                        if self.device.type == "cuda" else f"the {self.device.type} kernels lrlab uses are deterministic already, so it costs nothing here")
-                print(f"lrlab: note: --deterministic: {cost}", file=sys.stderr)
         self.epoch = 0
         self.best = BestEpoch(self.run)
         self.elapsed_seconds = 0.0
+
+    def notes(self) -> list[str]:
+        """What the user should know before this run trains: doctor's notes on its schedule over this
+        run, and what --deterministic costs here."""
+        lines = list(doctor(self.schedule.spec, self.config.epochs, self.steps_per_epoch))
+        if self.config.deterministic:
+            lines.append("--deterministic: " + ("cuDNN autotuning is off and only deterministic kernels run, so steps are slower"
+                                                if self.device.type == "cuda" else
+                                                f"the {self.device.type} kernels lrlab uses are deterministic already, so it costs nothing here"))
+        return lines
+
+    def plain_step(self) -> PlainStep:
+        """The step this run takes when it trains alone."""
+        return PlainStep(self.model, self.optimizer, self.loss_fn, self.autocast, self.forward_model)
 
     def _check_footprint(self, build_model: Callable[[], nn.Module]) -> None:
         """Refuse, before building anything, a model and batch that this device cannot hold while training."""
         check_footprint(self.config, self.data, build_model, self.device)
 
-    def range_test(self, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
+    def range_test(self, start: float = RANGE_TEST_START, end: float = 10.0, steps: int = 100, mode: str = "exp",
                    diverge: float = 4.0) -> lrfinder.RangeTest:
         """An LR range test on this run's model and batches; nothing of the run is changed by it."""
         from lrlab import lrfinder
@@ -487,26 +475,6 @@ class Trainer:
         spec = parse_optimizer(with_lr(self.config.optimizer, start))
         return lrfinder.range_test(self.model, lambda parameters: build_optimizer(spec, parameters), self.train_loader,
                                    self.loss_fn, start, end, steps, mode, diverge, self.autocast)
-
-    def _auto_lr(self) -> float:
-        """lr=auto: the range test's pick, recorded in the run directory (and reused on resume)."""
-        from lrlab import lrfinder
-
-        record = self.run.path / "lr_find.json"
-        if self.resume and record.exists():
-            try:
-                pick = json.loads(record.read_bytes())["pick"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pick = None
-            if isinstance(pick, bool) or not isinstance(pick, (int, float)) or not 0 < pick < math.inf:
-                raise UsageError(f"{record} is damaged (no positive LR under 'pick'); delete it and resume: "
-                                 "the range test runs again")
-            return pick
-        test = self.range_test()
-        picked = lrfinder.write_outputs(self.run.path, [test])["pick"]
-        if not self.quiet:
-            print(f"lrlab: lr=auto picked {picked:.4g} ({lrfinder.RULES[lrfinder.AUTO_RULE]}); see {record}", file=sys.stderr)
-        return picked
 
     def _data_parallel(self) -> nn.Module:
         """DDP around the model; on CUDA BatchNorm is synchronised so the statistics are the global batch's."""
@@ -595,47 +563,6 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------------
 
-    def _check_run_directory(self) -> None:
-        """Refuse, before any slow work, to clobber another run, to write among a user's files, or to resume a different run."""
-        self.run.check_writable()
-        if self.run.holds_run() and not (self.resume or self.overwrite):
-            raise UsageError(f"{self.run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        foreign = [] if self.run.holds_run() or self.overwrite else self.run.foreign_files()
-        if foreign:
-            raise UsageError(f"{self.run.path} holds files lrlab did not make ({first_names(foreign)}); "
-                             "choose an empty or new --out, or pass --overwrite to write the run among them")
-        if self.resume and self.run.holds_run():
-            self.run.read_metrics()  # a damaged metrics.csv is named as such before its columns are looked at
-            columns = self.run.metric_columns()
-            if columns and "val_acc" not in columns:
-                raise UsageError(f"{self.run.path} was made by an lrlab without a validation split (its metrics.csv has no "
-                                 f"val_acc column), and resuming it would change its training images; start it afresh "
-                                 f"with --overwrite")
-            started_for = load_config(self.run.config_path)
-            changed = started_for.differences(self.config)
-            if changed == ["epochs"]:
-                self._check_extension(started_for.epochs)
-                changed = []
-            if changed:
-                raise UsageError(f"{self.run.path} was started with different {', '.join(changed)}; "
-                                 f"resume with the same settings or use another --out")
-            edited = model_source_change(self.config.model, self.run.config_path)
-            if edited:
-                print(f"lrlab: note: {edited}", file=sys.stderr)
-
-    def _check_extension(self, started_for: int) -> None:
-        """`--resume --epochs N` on a run started for fewer epochs trains it longer, where its schedule
-        gives the same LR at every step whatever the run's length; otherwise the run would not be the one it began."""
-        if self.config.epochs < started_for:
-            raise UsageError(f"{self.run.path} was started for {started_for} epochs; a run cannot be shortened to "
-                             f"{self.config.epochs} (its schedule planned for {started_for}): resume without --epochs")
-        why = parse_schedule(self.config.schedule).depends_on_run_length
-        if why:
-            raise UsageError(f"{self.run.path} cannot be trained longer: its schedule {self.config.schedule!r} depends on "
-                             f"the run's length ({why}), so its first {started_for} epoch{'s' if started_for != 1 else ''} would not be those of a "
-                             f"{self.config.epochs}-epoch run; train a new run with --epochs {self.config.epochs}")
-        self.extended_from = started_for
-
     def prepare(self) -> None:
         """Make the run directory ready: pick up the run to resume, or start a fresh one."""
         if not self.ranks.main:
@@ -648,7 +575,7 @@ class Trainer:
             if self.run.last_path.exists():
                 self.restore(self.run.load_checkpoint(self.run.last_path))
             self.run.truncate_to_epoch(self.epoch)
-            if getattr(self, "extended_from", None):  # config.yaml records the run's new length
+            if self.extended_from:  # config.yaml records the run's new length
                 self.run.write_text(self.run.config_path,
                                     config_yaml(self.config, {**versions(), **model_source(self.config.model)}))
                 self.run.append_log(f"extended from {self.extended_from} to {self.config.epochs} epochs")
@@ -663,59 +590,8 @@ class Trainer:
         distributed.barrier(self.ranks)
 
     def fit(self) -> RunResult:
-        """Train for the configured epochs (or what remains of them), recording everything."""
-        try:
-            with self.run.locked(), deterministic_algorithms(self.config.deterministic):
-                return self._fit_writing()
-        finally:
-            self.release_lock()
-
-    def _fit_writing(self) -> RunResult:
-        try:
-            return self._fit()
-        except OSError as error:
-            # A full disk or a folder turned read-only: what was written before stays good.
-            message = (f"cannot write to {self.run.path} ({error.strerror or error}); "
-                       f"the last good checkpoint is kept: free space or fix the folder, then "
-                       f"lrlab train --out {self.run.path} --resume")
-            with contextlib.suppress(OSError):
-                self.run.write_status("failed", epoch=self.epoch, reason=message)
-            raise UsageError(message) from None
-
-    def _fit(self) -> RunResult:
-        self.prepare()
-        quiet = self.quiet
-        writer = self._tensorboard() if self.config.tensorboard and self.ranks.main else None
-        if self.is_finished():
-            return self._result("finished")
-        self.run.write_status("running", epoch=self.epoch, pid=os.getpid())
-        self.run.append_log(f"{'resumed after' if self.epoch else 'started'} epoch {self.epoch} of {self.config.epochs}: "
-                            f"schedule {self.config.schedule}, optimizer {self.config.optimizer}, seed {self.config.seed}")
-        # On an accelerator, reading the loss forces a wait; check for NaN less often there.
-        check_every = 1 if self.device.type == "cpu" else 50
-        try:
-            while self.epoch < self.config.epochs:
-                if self.should_pause():
-                    return self.end_paused()
-                self._run_epoch(quiet, writer, check_every)
-        except Diverged as diverged:
-            return self.end_diverged(diverged)
-        except KeyboardInterrupt:
-            self.end_interrupted()
-            raise
-        except (UsageError, OSError):
-            raise
-        except SystemExit as error:  # the user's code called sys.exit(): this run failed, and lrlab says so
-            self.end_failed(error)
-            raise UsageError(f"{self.run.path}: the model's code called sys.exit({error.code!r}) in epoch {self.epoch + 1}; "
-                             f"the run is marked failed") from None
-        except Exception as error:
-            self.end_failed(error)
-            raise
-        finally:
-            if writer is not None:
-                writer.close()
-        return self.end_finished()
+        """Train for the configured epochs (or what remains of them), alone, recording everything."""
+        return fit_runs([self], lambda members: members[0].plain_step())[0]
 
     # How a run ends; a group of runs ends each of its runs the same way.
 
@@ -724,7 +600,7 @@ class Trainer:
                               reason=f"loss became {diverged.loss} at step {diverged.step} (epoch {self.epoch + 1}); lower the LR")
         if not self.quiet:
             print(f"lrlab: run diverged at step {diverged.step} (epoch {self.epoch + 1}); best.pt keeps epoch {self.best.epoch}", file=sys.stderr)
-        return self._result("diverged")
+        return self.result("diverged")
 
     def end_interrupted(self) -> None:
         self.run.write_status("interrupted", epoch=self.epoch, reason="stopped by the user")
@@ -737,49 +613,27 @@ class Trainer:
 
     def end_paused(self) -> RunResult:
         self.run.write_status("paused", epoch=self.epoch, reason=f"paused at epoch {self.epoch} to be judged at a rung")
-        return self._result("paused")
+        return self.result("paused")
 
     def end_failed(self, error: BaseException) -> None:
         self.run.write_status("failed", epoch=self.epoch, reason=f"{type(error).__name__}: {error}")
 
     def end_finished(self) -> RunResult:
         self.run.write_status("finished", epoch=self.epoch, best_epoch=self.best.epoch)
-        return self._result("finished")
+        return self.result("finished")
 
     def is_finished(self) -> bool:
         """Whether the run has nothing left to train (after `prepare`)."""
         return self.epoch >= self.config.epochs and self.run.read_status().get("state") == "finished"
 
-    def _run_epoch(self, quiet: bool, writer: Any, check_every: int) -> None:
-        epoch = self.epoch + 1
-        started = time.perf_counter()
-        lr_at_start = self.optimizer.param_groups[0]["lr"]
-        first_step = self.schedule.step_count
-        self.train_loader.set_epoch(epoch)
-        progress = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.epochs}", unit="step",
-                        disable=quiet or not sys.stderr.isatty(), leave=False, file=sys.stderr, dynamic_ncols=True)
-        with progress:
-            train_loss, train_acc, step_lrs, step_losses = train_one_epoch(
-                self.train_loader, self.forward_model, self.loss_fn, self.optimizer, self.schedule,
-                first_step=first_step, autocast=self.autocast, progress=None if quiet else progress, check_every=check_every,
-                ranks=self.ranks,
-            )
-        evaluated, correct, evaluated_weights = evaluate_run(self.model, self.optimizer, self.train_loader, self.evaluation_loaders,
-                                                             self.loss_fn, autocast=self.autocast, ranks=self.ranks)
-        metrics = {"train_loss": train_loss, "train_acc": train_acc, **evaluated}
-        self.record_epoch(metrics, lr_at_start, first_step, step_lrs, step_losses, started, quiet, writer, correct,
-                          evaluated_weights)
-
     def record_epoch(self, metrics: dict[str, float], lr_at_start: float, first_step: int, step_lrs: list[float],
-                     step_losses: list[float], started: float, quiet: bool, writer: Any = None,
-                     correct: dict[str, torch.Tensor] | None = None,
-                     evaluated_weights: dict[str, torch.Tensor] | None = None) -> None:
-        """After an epoch's training and evaluation (here or in a group): step the schedule, write rows and checkpoints.
+                     step_momenta: list[float | None], step_losses: list[float], started: float,
+                     correct: dict[str, torch.Tensor], evaluated_weights: dict[str, torch.Tensor] | None = None) -> None:
+        """After an epoch's training and evaluation: step the schedule, write rows and checkpoints.
 
         `metrics` holds train_*, test_* and, when the run has a validation split, val_* figures;
         `correct` which images of each split the model got right (see `evaluate_splits`);
-        `evaluated_weights` the weights those figures belong to, which best.pt keeps (`evaluate_run`
-        returns them; by default the model's own).
+        `evaluated_weights` the weights those figures belong to, which best.pt keeps (None: the model's own).
         """
         epoch = self.epoch + 1
         train_loss, train_acc = metrics["train_loss"], metrics["train_acc"]
@@ -788,39 +642,42 @@ class Trainer:
         self.elapsed_seconds += seconds
         self.epoch = epoch
         self.run.append_steps([
-            {"step": first_step + i + 1, "epoch": epoch, "lr": lr, "loss": loss}
-            for i, (lr, loss) in enumerate(zip(step_lrs, step_losses))
+            {"step": first_step + i + 1, "epoch": epoch, "lr": lr, "loss": loss,
+             **({"momentum": momentum} if momentum is not None else {})}
+            for i, (lr, momentum, loss) in enumerate(zip(step_lrs, step_momenta, step_losses))
         ])
         self.run.append_metrics({"epoch": epoch, "lr": lr_at_start, **metrics,
                                  "seconds": round(seconds, 3), "elapsed_seconds": round(self.elapsed_seconds, 3)})
-        self.best.record(epoch, metrics, correct or {}, lambda: {
+        self.best.record(epoch, metrics, correct, lambda: {
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "epoch": epoch,
             **{name: metrics[name] for name in ("val_acc", "test_acc") if name in metrics},
             "model": self.model.state_dict() if evaluated_weights is None else evaluated_weights,
         })
         self.run.save_checkpoint(self.run.last_path, self._checkpoint())
         self.run.write_status("running", epoch=epoch, pid=os.getpid())
-        if writer is not None:
+        if self.writer is not None:
             for name, value in metrics.items():
-                writer.add_scalar(name, value, epoch)
-            writer.add_scalar("lr", lr_at_start, epoch)
+                self.writer.add_scalar(name, value, epoch)
+            self.writer.add_scalar("lr", lr_at_start, epoch)
         if self.on_epoch is not None:
             self.on_epoch(epoch, metrics)
         validation = f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:6.2%}  " if "val_acc" in metrics else ""
         line = (f"epoch {epoch:>3}/{self.config.epochs}  lr {lr_at_start:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2%}  "
                 f"{validation}test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:6.2%}  {seconds:.1f} s")
         self.run.append_log(line)
-        if not quiet:
+        if not self.quiet:
             tqdm.write(line, file=sys.stderr)
 
-    def _tensorboard(self):
+    def open_tensorboard(self) -> Any:
+        """The TensorBoard writer record_epoch writes to (--tensorboard)."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UsageError("--tensorboard needs the tensorboard package: pip install 'lrlab[tensorboard]'") from None
-        return SummaryWriter(log_dir=str(self.run.path))
+        self.writer = SummaryWriter(log_dir=str(self.run.path))
+        return self.writer
 
-    def _result(self, state: str) -> RunResult:
+    def result(self, state: str) -> RunResult:
         metrics = self.run.read_metrics()
         at_best = [row["test_acc"] for row in metrics if row["epoch"] == self.best.epoch]
         return RunResult(
@@ -831,7 +688,181 @@ class Trainer:
         )
 
 
-def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: int = 100, mode: str = "exp",
+def check_run_directory(run: RunDirectory, config: RunConfig, resume: bool, overwrite: bool) -> int | None:
+    """Refuse to clobber another run, to write among a user's files, or to resume a different run; for a
+    finished run trained longer (`--resume --epochs N`), the epochs it was started for (None otherwise)."""
+    run.check_writable()
+    if run.holds_run() and not (resume or overwrite):
+        raise UsageError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    foreign = [] if run.holds_run() or overwrite else run.foreign_files()
+    if foreign:
+        raise UsageError(f"{run.path} holds files lrlab did not make ({first_names(foreign)}); "
+                         "choose an empty or new --out, or pass --overwrite to write the run among them")
+    if not (resume and run.holds_run()):
+        return None
+    run.read_metrics()  # a damaged metrics.csv is named as such before its columns are looked at
+    columns = run.metric_columns()
+    if columns and "val_acc" not in columns:
+        raise UsageError(f"{run.path} was made by an lrlab without a validation split (its metrics.csv has no "
+                         f"val_acc column), and resuming it would change its training images; start it afresh "
+                         f"with --overwrite")
+    started_for = load_config(run.config_path)
+    changed = started_for.differences(config)
+    extended_from = None
+    if changed == ["epochs"]:
+        extended_from = _check_extension(run, config, started_for.epochs)
+        changed = []
+    if changed:
+        raise UsageError(f"{run.path} was started with different {', '.join(changed)}; "
+                         f"resume with the same settings or use another --out")
+    edited = model_source_change(config.model, run.config_path)
+    if edited:
+        print(f"lrlab: note: {edited}", file=sys.stderr)
+    return extended_from
+
+
+def _check_extension(run: RunDirectory, config: RunConfig, started_for: int) -> int:
+    """`--resume --epochs N` on a run started for fewer epochs trains it longer, where its schedule
+    gives the same LR at every step whatever the run's length; otherwise the run would not be the one it began."""
+    if config.epochs < started_for:
+        raise UsageError(f"{run.path} was started for {started_for} epochs; a run cannot be shortened to "
+                         f"{config.epochs} (its schedule planned for {started_for}): resume without --epochs")
+    why = parse_schedule(config.schedule).depends_on_run_length
+    if why:
+        raise UsageError(f"{run.path} cannot be trained longer: its schedule {config.schedule!r} depends on "
+                         f"the run's length ({why}), so its first {started_for} epoch{'s' if started_for != 1 else ''} would not be those of a "
+                         f"{config.epochs}-epoch run; train a new run with --epochs {config.epochs}")
+    return started_for
+
+
+def fit_runs(trainers: list[Trainer], make_step: Callable[[list[Trainer]], Step],
+             take_over_lock: bool = False) -> list[RunResult]:
+    """Carry out `trainers`, runs that share their batches, epoch by epoch; one RunResult each.
+
+    The one loop: a run alone is the group of one (`make_step` gives it its plain step); a group's
+    runs take one stacked step, built once and rebuilt only when runs resumed at different epochs
+    join it. Runs resumed from checkpoints written at different epochs catch up first. Every run ends
+    its own way: an arm whose loss turns NaN ends `diverged` and the others go on; a run reaching its
+    last epoch or its pause (a study's rung) ends there; an interruption, a failure or a full disk
+    ends every run still training, each with its status written.
+    """
+    results: dict[int, RunResult] = {}
+    active: list[Trainer] = []
+    with contextlib.ExitStack() as held:
+        for trainer in trainers:
+            held.enter_context(trainer.run.locked(take_over_lock))
+        held.enter_context(deterministic_algorithms(trainers[0].config.deterministic))
+        try:
+            for trainer in trainers:
+                if trainer.ranks.main and not trainer.directory_checked:
+                    trainer.extended_from = check_run_directory(trainer.run, trainer.config, trainer.resume, trainer.overwrite)
+                    trainer.directory_checked = True
+                trainer.prepare()
+                if trainer.config.tensorboard and trainer.ranks.main:
+                    held.callback(trainer.open_tensorboard().close)
+            for trainer in trainers:
+                if trainer.is_finished():
+                    results[id(trainer)] = trainer.result("finished")
+                elif trainer.epoch >= trainer.config.epochs:  # its last epoch was recorded, its end was not
+                    results[id(trainer)] = trainer.end_finished()
+                elif trainer.should_pause():
+                    results[id(trainer)] = trainer.end_paused()
+                else:
+                    active.append(trainer)
+                    trainer.run.write_status("running", epoch=trainer.epoch, pid=os.getpid())
+                    # How a run trained is recorded: a grouped run's numbers drift from the same run's alone.
+                    trainer.run.append_log(f"{'resumed after' if trainer.epoch else 'started'} epoch {trainer.epoch} of "
+                                           f"{trainer.config.epochs}: schedule {trainer.config.schedule}, optimizer "
+                                           f"{trainer.config.optimizer}, seed {trainer.config.seed}, "
+                                           f"{'alone' if len(trainers) == 1 else f'in a group of {len(trainers)} runs sharing a pass'}")
+            step, stepped = None, []
+            while active:
+                epoch = min(trainer.epoch for trainer in active)
+                members = [trainer for trainer in active if trainer.epoch == epoch]
+                if members != stepped:
+                    positions = [stepped.index(m) for m in members] if all(m in stepped for m in members) else None
+                    if step is not None and positions == sorted(positions or [-1]):
+                        step.keep(positions)
+                    else:
+                        step = make_step(members)
+                    stepped = members
+                for index, diverged in _train_and_record(members, step).items():
+                    results[id(members[index])] = members[index].end_diverged(diverged)
+                stepped = [trainer for trainer in stepped if id(trainer) not in results]
+                for trainer in [t for t in active if id(t) not in results]:
+                    if trainer.epoch >= trainer.config.epochs:
+                        results[id(trainer)] = trainer.end_finished()
+                    elif trainer.should_pause():
+                        results[id(trainer)] = trainer.end_paused()
+                active = [trainer for trainer in active if id(trainer) not in results]
+        except KeyboardInterrupt:
+            for trainer in active:
+                trainer.end_interrupted()
+            raise
+        except OSError as error:
+            # A full disk or a folder turned read-only: what was written before stays good.
+            if len(trainers) == 1:
+                path = trainers[0].run.path
+                message = (f"cannot write to {path} ({error.strerror or error}); the last good checkpoint is kept: "
+                           f"free space or fix the folder, then lrlab train --out {path} --resume")
+            else:
+                message = (f"cannot write the runs of this group ({error.strerror or error}); the last good "
+                           f"checkpoints are kept: free space or fix the folders, then run the comparison again")
+            for trainer in active or trainers:
+                if trainer.run.read_status().get("state") not in ENDED:
+                    with contextlib.suppress(OSError):
+                        trainer.run.write_status("failed", epoch=trainer.epoch, reason=message)
+            raise UsageError(message) from None
+        except UsageError:
+            raise
+        except SystemExit as error:  # the user's code called sys.exit(): these runs failed, and lrlab says so
+            for trainer in active:
+                trainer.end_failed(error)
+            runs = active[0].run.path if len(active) == 1 else f"{len(active)} runs"
+            raise UsageError(f"{runs}: the model's code called sys.exit({error.code!r}) in epoch "
+                             f"{min(t.epoch for t in active) + 1 if active else '?'}; the run is marked failed") from None
+        except Exception as error:
+            for trainer in active:
+                trainer.end_failed(error)
+            raise
+    return [results.get(id(trainer)) or trainer.result("finished") for trainer in trainers]
+
+
+# States after which a run is not marked failed by a later refusal or error.
+ENDED = ("finished", "diverged")
+
+
+def _train_and_record(members: list[Trainer], step: Step) -> dict[int, Diverged]:
+    """Train and evaluate `members` (all at the same epoch) for one epoch through `step`, and record
+    the epoch of each that did not diverge; the divergences by member index."""
+    first = members[0]
+    started = time.perf_counter()
+    lrs_at_start = [trainer.optimizer.param_groups[0]["lr"] for trainer in members]
+    first_step = first.schedule.step_count
+    epoch = first.epoch + 1
+    first.train_loader.set_epoch(epoch)
+    show = len(members) == 1 and not first.quiet
+    # On an accelerator, reading the losses forces a wait; check for NaN less often there.
+    check_every = 1 if first.device.type == "cpu" else 50
+    progress = tqdm(total=first.steps_per_epoch, desc=f"epoch {epoch}/{first.config.epochs}", unit="step",
+                    disable=not show or not sys.stderr.isatty(), leave=False, file=sys.stderr, dynamic_ncols=True)
+    with progress:
+        trained = train_epoch(first.train_loader, step, [trainer.schedule for trainer in members], first_step=first_step,
+                              check_every=check_every, progress=progress if show else None, ranks=first.ranks)
+    survivors = [index for index in range(len(members)) if index not in trained.diverged]
+    if survivors:
+        step.export()
+        with step.evaluation_point(first.train_loader, first.ranks) as evaluated_weights:
+            evaluated, correct = evaluate_splits(first.evaluation_loaders, step, first.ranks)
+        for position, index in enumerate(survivors):
+            metrics = {"train_loss": trained.train_loss[index], "train_acc": trained.train_acc[index], **evaluated[position]}
+            members[index].record_epoch(metrics, lrs_at_start[index], first_step, trained.step_lrs[index],
+                                        trained.step_momenta[index], trained.step_losses[index], started,
+                                        correct[position], evaluated_weights[position])
+    return trained.diverged
+
+
+def find_lr(config: RunConfig, start: float = RANGE_TEST_START, end: float = 10.0, steps: int = 100, mode: str = "exp",
             diverge: float = 4.0, repeats: int = 1, data: ImageData | None = None,
             builder: Callable[..., nn.Module] | None = None) -> dict[str, Any]:
     """LR range test(s) for `config` (seeds seed, seed+1, ...); writes lr_find.* into config.out."""
@@ -851,13 +882,62 @@ def find_lr(config: RunConfig, start: float = 1e-7, end: float = 10.0, steps: in
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data: ImageData | None = None,
-          builder: Callable[..., nn.Module] | None = None) -> RunResult:
-    """Train one model as `config` says, into `config.out`.
+          builder: Callable[..., nn.Module] | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+          take_over_lock: bool = False) -> RunResult:
+    """Train one model as `config` says, into `config.out`: the folder is checked before any slow work,
+    `lr=auto` is resolved by a range test, doctor's notes are printed, then the run trains alone.
 
     Under torchrun every process calls this; together they train one run, written by rank 0.
+    `take_over_lock` is for an executor retrying a run whose worker it knows is dead.
     """
-    trainer = Trainer(config, data, resume=resume, overwrite=overwrite, builder=builder)
+    config = config.validate()
+    ranks = distributed.from_environment()
+    run = RunDirectory(config.out) if ranks.main else FollowerRun(config.out)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
     try:
-        return trainer.fit()
+        # The lock is held from the first look at the folder to the run's end, so what is decided
+        # about the folder (and lr=auto's pick, recorded in it) stays true.
+        with run.locked(take_over_lock):
+            extended_from = check_run_directory(run, config, resume, overwrite) if ranks.main else None
+            device = distributed.start(ranks, resolve_device(config.device), chosen_automatically=config.device == "auto")
+            if data is None:
+                data = load_run_data(config)
+            auto_lr = None
+            if parse_optimizer(config.optimizer).arguments.get("lr") == "auto":
+                if ranks.distributed:
+                    raise UsageError("lr=auto is not available under torchrun; run lrlab find-lr first and pass the LR it prints")
+                auto_lr = pick_auto_lr(config, data, builder, device, run, resume)
+            trainer = Trainer(config, data, resume=resume, overwrite=overwrite, on_epoch=on_epoch, builder=builder,
+                              device=device, auto_lr=auto_lr)
+            trainer.extended_from, trainer.directory_checked = extended_from, ranks.main
+            if not trainer.quiet:
+                for line in trainer.notes():
+                    print(f"lrlab: note: {line}", file=sys.stderr)
+            return fit_runs([trainer], lambda members: members[0].plain_step(), take_over_lock)[0]
     finally:
-        distributed.stop(trainer.ranks)
+        distributed.stop(ranks)
+
+
+def pick_auto_lr(config: RunConfig, data: ImageData, builder: Callable[..., nn.Module] | None, device: torch.device,
+                 run: RunDirectory, resume: bool) -> float:
+    """lr=auto: the range test's pick on this run's model and batches, recorded in the run folder
+    (lr_find.json) and read back from there on resume."""
+    from lrlab import lrfinder
+
+    record = run.path / "lr_find.json"
+    if resume and record.exists():
+        try:
+            pick = json.loads(record.read_bytes())["pick"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pick = None
+        if isinstance(pick, bool) or not isinstance(pick, (int, float)) or not 0 < pick < math.inf:
+            raise UsageError(f"{record} is damaged (no positive LR under 'pick'); delete it and resume: "
+                             "the range test runs again")
+        return pick
+    # The probe is this run as built (same seed, same weights and batches); the range test builds its own optimizer.
+    probe = Trainer(config, data, builder=builder, device=device, auto_lr=RANGE_TEST_START)
+    picked = lrfinder.write_outputs(run.path, [probe.range_test()])["pick"]
+    if not config.quiet:
+        print(f"lrlab: lr=auto picked {picked:.4g} ({lrfinder.RULES[lrfinder.AUTO_RULE]}); see {record}", file=sys.stderr)
+    return picked

@@ -54,55 +54,35 @@ class GridOutcome:
 def train_pass(configs: list[RunConfig], threads: int | None = None, take_over_lock: bool = False,
                data: Any = None, on_epoch: list[Callable | None] | None = None, builder: Callable | None = None,
                where: str = "") -> list[tuple[str, str]]:
-    """Train one pass (one run alone, or a group in one pass); each run's final state and reason.
+    """Train (or resume, from what an earlier attempt left) one pass: one run alone, or a group of runs
+    in one pass; each run's final state and reason.
 
     `builder` is a model given as a Python object (in process only); `where` starts a failure's
     reason, to say which machine it happened on.
     """
-    if len(configs) == 1:
-        return [train_or_resume(configs[0], threads, take_over_lock, data, (on_epoch or [None])[0], builder, where)]
-    from lrlab.group import train_group
+    from lrlab.engine import ENDED, train
 
     if threads:
         torch.set_num_threads(threads)
     runs = [RunDirectory(config.out) for config in configs]
+    on_epoch = on_epoch or [None] * len(configs)
     try:
-        train_group(configs, data, on_epoch, take_over_lock, builder=builder)
+        if len(configs) == 1:
+            train(configs[0], resume=runs[0].holds_run(), data=data, builder=builder, on_epoch=on_epoch[0],
+                  take_over_lock=take_over_lock)
+        else:
+            from lrlab.group import train_group
+
+            train_group(configs, data, on_epoch, take_over_lock, builder=builder)
     except RunInUse as error:
-        return [("failed", str(error)) for _ in runs]  # another process's run: nothing of it is ours to mark
+        return [("failed", f"{where}{error}") for _ in runs]  # another process's run: nothing of it is ours to mark
     except UsageError as error:
+        reason = f"{where}{error}"
         for run in runs:
-            if run.path.exists() and run.read_status().get("state") not in ("finished", "diverged"):
-                run.write_status("failed", reason=f"{where}{error}")
+            if run.path.exists() and run.read_status().get("state") not in ENDED:  # a refusal never touches an ended run
+                run.write_status("failed", reason=reason)
+        return [("failed", reason) for _ in runs]
     return [(status.get("state", "unknown"), status.get("reason", "")) for status in (run.read_status() for run in runs)]
-
-
-def train_or_resume(config: RunConfig, threads: int | None = None, take_over_lock: bool = False,
-                    data: Any = None, on_epoch: Callable | None = None, builder: Callable | None = None,
-                    where: str = "") -> tuple[str, str]:
-    """Train one run, resuming whatever an earlier attempt left; returns its final state and reason.
-
-    `builder` is a model given as a Python object (in process only); `where` starts a failure's
-    reason, to say which machine it happened on.
-    """
-    from lrlab.engine import Trainer
-
-    if threads:
-        torch.set_num_threads(threads)
-    run = RunDirectory(config.out)
-    try:
-        with run.locked(take_over_lock):
-            try:
-                Trainer(config, data, resume=run.holds_run(), on_epoch=on_epoch, builder=builder).fit()
-            except UsageError as error:
-                reason = f"{where}{error}"
-                if run.read_status().get("state") not in ("finished", "diverged"):  # a refusal never touches an ended run
-                    run.write_status("failed", reason=reason)
-                return "failed", reason
-            status = run.read_status()
-    except RunInUse as error:
-        return "failed", f"{where}{error}"  # another process's run: nothing of it is ours to mark
-    return status.get("state", "unknown"), status.get("reason", "")
 
 
 class GridProgress:

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ def run_comparison(
 
     `executor` (from `executors.build_executor`) says where the passes train; by default one after
     another in this process. `runs_per_pass` is how many runs of one seed train together in one
-    pass over the data (`auto`: what fits a GPU's free memory, one at a time on the CPU; 1: one at a time).
+    pass over the data (`auto`: as many as a few timed steps show faster per run than one alone, within
+    a GPU's free memory; 1: one at a time).
     With `lrs` the report picks each schedule's LR on validation data (see `at_lr` for which
     argument an LR sets). `min_effect` is the smallest accuracy difference (0-1) the user cares
     about: the report says how many seeds would resolve it.
@@ -254,10 +256,15 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
                 builder: Any = None) -> tuple[list[list[GridTask]], list[str]]:
     """The passes that train `tasks` (runs of one seed that can share their batches go together,
     at most `runs_per_pass` a pass), and the lines that tell the user how they were grouped."""
-    from lrlab.group import alone_reason, auto_runs_per_pass, group_key
+    from lrlab.group import alone_reason, choose_runs_per_pass, group_key
 
     runs_per_pass = parse_runs_per_pass(runs_per_pass)
-    size = auto_runs_per_pass(base, data, builder) if runs_per_pass == "auto" else runs_per_pass
+    if runs_per_pass == "auto":
+        sharing = Counter(key for key in (group_key(task.config) for task in tasks) if key is not None)
+        choice = choose_runs_per_pass(base, data, builder, could_share=max(sharing.values(), default=1))
+        size, why = choice.runs, choice.why
+    else:
+        size, why = runs_per_pass, "asked for"
     notes = []
     if size > 1 and len(tasks) > 1 and data is not None:  # without the data no blank batch can be shaped
         problem = _why_not_stacked(base, data, builder)
@@ -278,14 +285,9 @@ def plan_passes(tasks: list[GridTask], runs_per_pass: int | str, base: RunConfig
     passes.sort(key=lambda members: order[id(members[0])])
     if not tasks:
         return passes, []
-    if runs_per_pass != "auto":
-        why = "asked for"
-    elif _on_cuda(base):
-        why = "auto: what fits the GPU's free memory"
-    else:
-        why = "auto on the CPU, where a group measured slower than its runs alone; --workers N spreads runs over the cores"
     if size == 1:
-        return passes, [f"lrlab: {_count(len(tasks), 'run')}, one at a time ({why})", *notes]
+        spread = "; --workers N spreads runs over the cores" if runs_per_pass == "auto" else ""
+        return passes, [f"lrlab: {_count(len(tasks), 'run')}, one at a time ({why}){spread}", *notes]
     grouped = sum(len(members) for members in passes if len(members) > 1)
     lines = [f"lrlab: {_count(len(tasks), 'run')} in {_count(len(passes), 'pass', 'passes')} over the data; {grouped} of them "
              f"share a pass with other runs of their seed (up to {size} a pass, {why})"]
@@ -306,14 +308,17 @@ def _why_not_stacked(base: RunConfig, data, builder: Any = None) -> str | None:
     from torch import nn
 
     from lrlab.engine import run_model_factory
-    from lrlab.stacked import StackedModel
+    from lrlab.optimizers import parse_optimizer
+    from lrlab.step import StackedStep
+    from lrlab.vectorized import ArmOptimizer
 
     factory = run_model_factory(base, data, builder, check=False)
     with torch.random.fork_rng(devices=[]):
         try:
-            stacked = StackedModel([factory(), factory()], nn.CrossEntropyLoss())
-            losses, _ = stacked.losses_and_logits(torch.zeros(2, data.channels, *data.image_size), torch.zeros(2, dtype=torch.long))
-            losses.sum().backward()
+            models = [factory(), factory()]
+            optimizers = [ArmOptimizer(parse_optimizer("sgd:lr=0.1"), model.parameters()) for model in models]
+            StackedStep(models, optimizers, nn.CrossEntropyLoss()).train(torch.zeros(2, data.channels, *data.image_size),
+                                                                         torch.zeros(2, dtype=torch.long))
         except Exception as error:  # noqa: BLE001 - the user's model: say what vmap found, then train alone
             return clip(f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}", 160)
     return None
@@ -321,12 +326,6 @@ def _why_not_stacked(base: RunConfig, data, builder: Any = None) -> str | None:
 
 def _count(number: int, one: str, many: str | None = None) -> str:
     return f"{number} {one if number == 1 else many or one + 's'}"
-
-
-def _on_cuda(base: RunConfig) -> bool:
-    from lrlab.engine import resolve_device
-
-    return resolve_device(base.device).type == "cuda"
 
 
 def _steps_per_epoch(base: RunConfig, run_data) -> int:

@@ -248,15 +248,22 @@ class RunDirectory:
         self._append(self.metrics_path, METRIC_COLUMNS, [row])
 
     def append_steps(self, rows: list[dict[str, Any]]) -> None:
-        self._append(self.steps_path, STEP_COLUMNS, rows)
+        """steps.csv gains a momentum column when the optimizer has one (SGD's momentum, Adam's first beta);
+        rows appended to a file begun without it (an older run resumed) keep its header."""
+        columns = STEP_COLUMNS + (("momentum",) if rows and "momentum" in rows[0] else ())
+        written = self.step_columns()
+        if written and tuple(written) != columns:
+            rows = [{name: row.get(name, "") for name in written} for row in rows]
+            columns = tuple(written)
+        self._append(self.steps_path, columns, rows)
+
+    def step_columns(self) -> list[str]:
+        """The header of steps.csv as written; empty if none."""
+        return _header(self.steps_path)
 
     def metric_columns(self) -> list[str]:
         """The header of metrics.csv as written (older runs lack the val columns); empty if none."""
-        try:
-            with open(self.metrics_path, newline="") as handle:
-                return next(csv.reader(handle), [])
-        except OSError:
-            return []
+        return _header(self.metrics_path)
 
     def read_metrics(self) -> list[dict[str, float]]:
         return read_rows(self.metrics_path, REQUIRED_METRIC_COLUMNS)
@@ -270,6 +277,9 @@ class RunDirectory:
                                         (self.steps_path, STEP_COLUMNS, STEP_COLUMNS)):
             rows = read_rows(path, required)
             kept = [row for row in rows if row["epoch"] <= epoch]
+            if not kept:  # the next rows write the header, with the columns they have (steps.csv's momentum)
+                self.write_text(path, "")
+                continue
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=[*columns, *(k for k in (rows[0] if rows else {}) if k not in columns)])
             writer.writeheader()
@@ -361,6 +371,15 @@ def _process_alive(pid: int) -> bool:
 
 def _plain(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else value
+
+
+def _header(path: Path) -> list[str]:
+    """The first row of a CSV file; empty when there is none."""
+    try:
+        with open(path, newline="") as handle:
+            return next(csv.reader(handle), [])
+    except OSError:
+        return []
 
 
 def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, float]]:
