@@ -24,7 +24,8 @@ from dataclasses import replace
 import torch
 
 from lrlab import RunConfig
-from lrlab.engine import Trainer, load_run_data, train_epoch
+from lrlab.assembly import load_run_data
+from lrlab.engine import Trainer, train_epoch
 from lrlab.group import stacked_step
 from lrlab.vectorized import ArmOptimizer
 

@@ -24,13 +24,14 @@ def _alarm(signal_number, frame):
 def _warm_up() -> None:
     """Import what the commands import and run one meta-device forward, so a case's seconds are its own work."""
     import sklearn.datasets  # noqa: F401 - the digits data set needs it
+    import lrlab.assembly
     import lrlab.engine
     import lrlab.report  # noqa: F401
 
     from lrlab.models import model_factory, training_bytes
 
     training_bytes(model_factory("cnn", {"width": 4}, channels=1, image_size=(8, 8), num_classes=10, check=False), 1, (8, 8), 64)
-    lrlab.engine.load_run_data(lrlab.engine.RunConfig(dataset="digits"))
+    lrlab.assembly.load_run_data(lrlab.config.RunConfig(dataset="digits"))
 
 
 def main() -> None:

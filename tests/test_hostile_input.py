@@ -304,7 +304,7 @@ class ItemInForward(torch.nn.Module):
 
 def test_a_model_vmap_cannot_run_trains_alone_with_a_note(tmp_path):
     from lrlab.config import RunConfig
-    from lrlab.engine import load_run_data
+    from lrlab.assembly import load_run_data
     from lrlab.executors import GridTask
     from lrlab.grid import plan_passes
 

@@ -23,7 +23,7 @@ STAGES = {
     "spec parsers": ("lrlab.schedules", "lrlab.optimizers", "lrlab.preview", "lrlab.imports"),
     "config": ("lrlab.config",),
     "parts": ("lrlab.data", "lrlab.data.*", "lrlab.models", "lrlab.distributed", "lrlab.lrfinder", "lrlab.stacked",
-              "lrlab.vectorized", "lrlab.step"),
+              "lrlab.vectorized", "lrlab.step", "lrlab.assembly"),
     "run directory": ("lrlab.runs", "lrlab.comparison", "lrlab.tuning"),
     "engine": ("lrlab.engine", "lrlab.group"),
     "grid runner": ("lrlab.executors", "lrlab.grid"),

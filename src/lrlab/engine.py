@@ -9,7 +9,6 @@ way; `Trainer` is one run: assembled from its config, with its run directory, ch
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import math
 import os
@@ -25,11 +24,11 @@ from torch import nn
 from tqdm import tqdm
 
 from lrlab import __version__, distributed
+from lrlab.assembly import check_footprint, load_run_data, resolve_device, run_model_factory, split_for_run, versions
 from lrlab.config import RUNTIME_ONLY, RunConfig, config_yaml, load_config
-from lrlab.data import BatchLoader, ImageData, load_dataset
+from lrlab.data import BatchLoader, ImageData
 from lrlab.errors import UsageError, clip, first_names
-from lrlab.models import (check_model, model_arguments, model_factory, model_source, model_source_change, seed_generators,
-                          training_bytes)
+from lrlab.models import check_model, model_source, model_source_change, seed_generators
 from lrlab.optimizers import build_optimizer, parse_optimizer, with_lr
 from lrlab.preview import doctor
 from lrlab.runs import FollowerRun, RunDirectory
@@ -68,21 +67,6 @@ class RunResult:
     final_test_acc: float
     seconds: float
     selected_on: str = "validation"  # or "test" without a validation split (the article's protocol)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then the CPU; asking for an absent device is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for but MPS is not available; use --device cpu or auto")
-    return torch.device(name)
 
 
 @dataclass
@@ -298,66 +282,6 @@ def deterministic_algorithms(wanted: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(saved[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
-
-
-def device_memory_bytes(device: torch.device) -> int:
-    """All the memory of `device`: the GPU's own, or the machine's RAM."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def versions() -> dict[str, str]:
-    # torchvision's version from its metadata: importing it takes seconds, and a run may not need it.
-    return {"lrlab": __version__, "torch": str(torch.__version__), "torchvision": importlib.metadata.version("torchvision")}
-
-
-def load_run_data(config: RunConfig) -> ImageData:
-    """The data set `config` names, loaded as it says (size, test hold-out of a folder, strictness)."""
-    return load_dataset(config.dataset, config.data_dir, config.image_size, config.test_fraction, config.strict,
-                        config.memory_budget)
-
-
-def split_for_run(data: ImageData, config: RunConfig) -> ImageData:
-    """The images a run trains, validates and tests on: `--limit-*` subsets, then the validation split.
-
-    Both depend only on `split_seed`, never on the run's seed, so every run of a comparison
-    validates and tests on the same images (the pairing the statistics rely on).
-    """
-    limited = data.subset(config.limit_train, config.limit_test, seed=config.split_seed)
-    return limited.split_validation(config.val_fraction, config.split_seed)
-
-
-def run_model_factory(config: RunConfig, data: ImageData, builder: Callable[..., nn.Module] | None = None,
-                      check: bool = True) -> Callable[[], nn.Module]:
-    """A zero-argument callable building a fresh model as `config` says, for `data`; with `check`, built
-    once here and tried on blank images (see `models.check_model`).
-
-    `builder` is the user's model class or function when it was handed over as a Python object.
-    The check sizes the model on the meta device first, as a run does, so a model too large for
-    the device is refused before it is built.
-    """
-    factory = model_factory(config.model, model_arguments(config.model, config.model_args, config.width, builder is None),
-                            channels=data.channels, image_size=data.image_size, num_classes=data.num_classes, builder=builder,
-                            check=False)
-    if check:
-        check_footprint(config, data, factory, resolve_device(config.device))
-        checked = check_model(config.model, factory, data.channels, data.image_size, data.num_classes)
-        factory()  # a second build while the first lives: a builder returning one cached model is refused here
-        del checked
-    return factory
-
-
-def check_footprint(config: RunConfig, data: ImageData, build_model: Callable[[], nn.Module], device: torch.device) -> None:
-    """Refuse, before building anything, a model and batch that `device` cannot hold while training."""
-    needed = training_bytes(build_model, data.channels, data.image_size, config.batch_size)
-    available = device_memory_bytes(device)
-    if needed is not None and needed > available:
-        height, width = data.image_size
-        raise UsageError(f"training {config.model} (width {config.width or 'default'}) on {height}x{width} images in "
-                         f"batches of {config.batch_size} needs about {needed / 2**30:,.1f} GiB, more than the "
-                         f"{available / 2**30:,.1f} GiB of {device.type} memory here; give a smaller --width, "
-                         f"--image-size or --batch-size")
 
 
 class Trainer:
@@ -780,8 +704,11 @@ def fit_runs(trainers: list[Trainer], make_step: Callable[[list[Trainer]], Step]
                 epoch = min(trainer.epoch for trainer in active)
                 members = [trainer for trainer in active if trainer.epoch == epoch]
                 if members != stepped:
-                    positions = [stepped.index(m) for m in members] if all(m in stepped for m in members) else None
-                    if step is not None and positions == sorted(positions or [-1]):
+                    # Runs that left (ended, or are not at this epoch) are dropped from the step; runs that
+                    # join (resumed behind the others, now caught up) need a step built afresh.
+                    joined = any(member not in stepped for member in members)
+                    positions = [] if joined else [stepped.index(member) for member in members]
+                    if step is not None and not joined and positions == sorted(positions):
                         step.keep(positions)
                     else:
                         step = make_step(members)

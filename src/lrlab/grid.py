@@ -161,7 +161,7 @@ def run_comparison(
     about: the report says how many seeds would resolve it.
     `data` is the loaded data set, when the caller has it already.
     """
-    from lrlab.engine import load_run_data, run_model_factory, split_for_run
+    from lrlab.assembly import load_run_data, run_model_factory, split_for_run
 
     out = Path(out)
     parse_runs_per_pass(runs_per_pass)
@@ -307,7 +307,7 @@ def _why_not_stacked(base: RunConfig, data, builder: Any = None) -> str | None:
     import torch
     from torch import nn
 
-    from lrlab.engine import run_model_factory
+    from lrlab.assembly import run_model_factory
     from lrlab.optimizers import parse_optimizer
     from lrlab.step import StackedStep
     from lrlab.vectorized import ArmOptimizer

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from lrlab.config import RunConfig
-from lrlab.engine import RunResult, Trainer, fit_runs, load_run_data, resolve_device, run_model_factory
+from lrlab.assembly import load_run_data, resolve_device, run_model_factory
+from lrlab.engine import RunResult, Trainer, fit_runs
 from lrlab.optimizers import parse_optimizer
 from lrlab.runs import RunDirectory
 from lrlab.step import PlainStep, StackedStep

@@ -408,7 +408,7 @@ def run_study(base: RunConfig, arms: list[StudyArm], seeds: list[int], out: str 
               runs_per_pass: int | str = "auto", data: Any = None, show_progress: bool = True) -> list[GridOutcome]:
     """Tune every arm, then confirm each at its best setting with `seeds` (see the module's docstring);
     returns how each confirmation run ended."""
-    from lrlab.engine import load_run_data, run_model_factory
+    from lrlab.assembly import load_run_data, run_model_factory
     from lrlab.grid import run_comparison
 
     out = Path(out)
