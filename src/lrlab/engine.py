@@ -745,9 +745,9 @@ def fit_runs(trainers: list[Trainer], make_step: Callable[[list[Trainer]], Step]
         except SystemExit as error:  # the user's code called sys.exit(): these runs failed, and lrlab says so
             for trainer in active:
                 trainer.end_failed(error)
-            runs = active[0].run.path if len(active) == 1 else f"{len(active)} runs"
+            runs, marked = (active[0].run.path, "the run is") if len(active) == 1 else (f"{len(active)} runs", "they are")
             raise UsageError(f"{runs}: the model's code called sys.exit({error.code!r}) in epoch "
-                             f"{min(t.epoch for t in active) + 1 if active else '?'}; the run is marked failed") from None
+                             f"{min(t.epoch for t in active) + 1 if active else '?'}; {marked} marked failed") from None
         except Exception as error:
             for trainer in active:
                 trainer.end_failed(error)
