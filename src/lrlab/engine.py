@@ -24,7 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lrlab import __version__, distributed
-from lrlab.assembly import check_footprint, load_run_data, resolve_device, run_model_factory, split_for_run, versions
+from lrlab.assembly import (bf16_and_channels_last, check_footprint, load_run_data, resolve_device, run_model_factory,
+                            split_for_run, versions)
 from lrlab.config import RUNTIME_ONLY, RunConfig, config_yaml, load_config
 from lrlab.data import BatchLoader, ImageData
 from lrlab.errors import UsageError, clip, first_names
@@ -304,8 +305,7 @@ class Trainer:
         self.ranks = distributed.from_environment()
         self.run = RunDirectory(config.out) if self.ranks.main else FollowerRun(config.out)
         self.quiet = config.quiet or not self.ranks.main
-        if resume and overwrite:
-            raise UsageError("--resume and --overwrite contradict each other; pick one")
+        check_resume_or_overwrite(resume, overwrite)
         self.resume, self.overwrite = resume, overwrite
         self.directory_checked = False  # by `check_run_directory`, under the run's lock (`train` checks before assembling)
         self.extended_from: int | None = None
@@ -320,11 +320,7 @@ class Trainer:
             if self.ranks.distributed:
                 device = distributed.rank_device(self.ranks, device, chosen_automatically=config.device == "auto")
         self.device = device
-        # Measured here: bf16 autocast with channels-last halves a small conv net's epoch on the CPU,
-        # as it speeds up CUDA; MPS autocast support is patchy, so it stays in fp32.
-        fast_path = self.device.type in ("cuda", "cpu")
-        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and fast_path)
-        self.channels_last = config.channels_last if config.channels_last is not None else fast_path
+        self.use_bf16, self.channels_last = bf16_and_channels_last(config, self.device)
         if data is None:
             data = load_run_data(config)
         self.data = split_for_run(data, config)
@@ -352,7 +348,7 @@ class Trainer:
             raise UsageError(f"{len(self.data.train_labels)} training image(s) make no batch (a batch needs at least 2, "
                              f"for BatchNorm); {fix}")
         build_model = run_model_factory(config, self.data, builder, check=False)
-        self._check_footprint(build_model)
+        check_footprint(config, self.data, build_model, self.device)
         # The seed fixes the initial weights, so every schedule in a comparison starts alike; the
         # check runs on the run's own model (blank images, eval mode and one training step whose
         # statistics and generator state are put back: its weights stay as built).
@@ -386,10 +382,6 @@ class Trainer:
     def plain_step(self) -> PlainStep:
         """The step this run takes when it trains alone."""
         return PlainStep(self.model, self.optimizer, self.loss_fn, self.autocast, self.forward_model)
-
-    def _check_footprint(self, build_model: Callable[[], nn.Module]) -> None:
-        """Refuse, before building anything, a model and batch that this device cannot hold while training."""
-        check_footprint(self.config, self.data, build_model, self.device)
 
     def range_test(self, start: float = RANGE_TEST_START, end: float = 10.0, steps: int = 100, mode: str = "exp",
                    diverge: float = 4.0) -> lrfinder.RangeTest:
@@ -500,8 +492,7 @@ class Trainer:
                 self.restore(self.run.load_checkpoint(self.run.last_path))
             self.run.truncate_to_epoch(self.epoch)
             if self.extended_from:  # config.yaml records the run's new length
-                self.run.write_text(self.run.config_path,
-                                    config_yaml(self.config, {**versions(), **model_source(self.config.model)}))
+                self._write_config()
                 self.run.append_log(f"extended from {self.extended_from} to {self.config.epochs} epochs")
             recorded = len(self.run.read_metrics())
             if recorded != self.epoch:
@@ -510,12 +501,16 @@ class Trainer:
         else:
             if self.overwrite:
                 self.run.clear()
-            self.run.write_text(self.run.config_path, config_yaml(self.config, {**versions(), **model_source(self.config.model)}))
+            self._write_config()
         distributed.barrier(self.ranks)
 
-    def fit(self) -> RunResult:
+    def _write_config(self) -> None:
+        """config.yaml: the run's settings, with the versions and the model's source that made it."""
+        self.run.write_text(self.run.config_path, config_yaml(self.config, {**versions(), **model_source(self.config.model)}))
+
+    def fit(self, take_over_lock: bool = False) -> RunResult:
         """Train for the configured epochs (or what remains of them), alone, recording everything."""
-        return fit_runs([self], lambda members: members[0].plain_step())[0]
+        return fit_runs([self], lambda members: self.plain_step(), take_over_lock)[0]
 
     # How a run ends; a group of runs ends each of its runs the same way.
 
@@ -610,6 +605,11 @@ class Trainer:
             final_test_acc=metrics[-1]["test_acc"] if metrics else float("nan"),
             seconds=self.elapsed_seconds, selected_on="validation" if self.data.val_images is not None else "test",
         )
+
+
+def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
 
 
 def check_run_directory(run: RunDirectory, config: RunConfig, resume: bool, overwrite: bool) -> int | None:
@@ -820,8 +820,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data
     config = config.validate()
     ranks = distributed.from_environment()
     run = RunDirectory(config.out) if ranks.main else FollowerRun(config.out)
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite contradict each other; pick one")
+    check_resume_or_overwrite(resume, overwrite)  # before the folder is looked at, as a Trainer checks it
     try:
         # The lock is held from the first look at the folder to the run's end, so what is decided
         # about the folder (and lr=auto's pick, recorded in it) stays true.
@@ -841,7 +840,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, data
             if not trainer.quiet:
                 for line in trainer.notes():
                     print(f"lrlab: note: {line}", file=sys.stderr)
-            return fit_runs([trainer], lambda members: members[0].plain_step(), take_over_lock)[0]
+            return trainer.fit(take_over_lock)
     finally:
         distributed.stop(ranks)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from lrlab.config import RunConfig
-from lrlab.assembly import load_run_data, resolve_device, run_model_factory
+from lrlab.assembly import bf16_and_channels_last, load_run_data, resolve_device, run_model_factory
 from lrlab.engine import RunResult, Trainer, fit_runs
 from lrlab.optimizers import parse_optimizer
 from lrlab.runs import RunDirectory
@@ -132,9 +132,8 @@ def measure_grouping(config: RunConfig, data, device: torch.device, arms: int, b
     from lrlab.optimizers import build_optimizer
 
     spec = parse_optimizer(config.optimizer)
-    channels_last = config.channels_last if config.channels_last is not None else device.type in ("cuda", "cpu")
+    use_bf16, channels_last = bf16_and_channels_last(config, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type in ("cuda", "cpu"))
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False)
